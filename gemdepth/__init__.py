@@ -1,3 +1,14 @@
 """gemdepth: 3D-consistent video depth estimation (GemDepth) in PyTorch Lightning."""
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+
+
+def load_model(weights: Any, config: Any = None, device: Any = "cpu", partial: Any = None) -> Any:
+    """Build a model and load weights into it (see :func:`gemdepth.weights.load_model`)."""
+    from gemdepth.weights import load_model as _load_model
+
+    return _load_model(weights, config=config, device=device, partial=partial)

@@ -13,9 +13,10 @@ class VideoFeatures:
     """The encoder's four intermediate token maps of a clip, as the plug-ins see them.
 
     ``tokens[i]`` is ``(B·T, L, C)`` (patch tokens after the encoder's final norm, class
-    token removed, row-major ``L = h·w``); ``cls[i]`` is ``(B·T, C)``. ``extras`` carries what
-    one plug-in hands to the next (GEM writes ``pose_embed``; ASTT reads it) and what ends up
-    in the model output (``pose_enc``, ``extrinsics``, ``intrinsics``).
+    token removed, row-major ``L = h·w``); ``cls[i]`` is ``(B·T, C)``. Plug-ins rewrite
+    ``tokens`` in place (GEM adds its pose embedding to ``tokens[3]``; ASTT then mixes it);
+    ``extras`` carries what ends up in the model output (``pose_enc``, ``extrinsics``,
+    ``intrinsics``) and per-frame diagnostics (``pose_feed_mask``).
     """
 
     tokens: list[Tensor]

@@ -1,0 +1,26 @@
+"""Pure ``nn.Module`` code: DINOv2 encoder (timm), DPT heads, hosts, plug-ins and the model builder."""
+
+from gemdepth.models.encoder import ENCODER_PRESETS, DinoV2Encoder, EncoderSpec, interpolate_pos_embed
+from gemdepth.models.model import VideoDepthModel, build_model, count_parameters, normalize_config
+from gemdepth.models.presets import PRESETS, get_preset, preset_names, resolve_model_config
+from gemdepth.models.registry import HOSTS, PLUGINS
+from gemdepth.models.types import DepthOutput, VideoFeatures
+
+__all__ = [
+    "DepthOutput",
+    "DinoV2Encoder",
+    "ENCODER_PRESETS",
+    "EncoderSpec",
+    "HOSTS",
+    "PLUGINS",
+    "PRESETS",
+    "VideoDepthModel",
+    "VideoFeatures",
+    "build_model",
+    "count_parameters",
+    "get_preset",
+    "interpolate_pos_embed",
+    "normalize_config",
+    "preset_names",
+    "resolve_model_config",
+]
