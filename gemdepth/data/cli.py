@@ -1,0 +1,262 @@
+"""``gemdepth data``: make (``synth``), convert (``convert``) and check (``inspect``) shards."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "colourise_depth", "contact_sheet"]
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 168x224 (HxW), got {text!r}")
+    if h < 8 or w < 8:
+        raise argparse.ArgumentTypeError(f"size {text} is too small (at least 8x8)")
+    return h, w
+
+
+def _option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"options look like key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False}.get(value.lower(), value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gemdepth data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="render the seeded synthetic corpus into shards")
+    synth.add_argument("--out", type=Path, default=Path("shards/synthetic"))
+    synth.add_argument("--sequences", type=int, default=16)
+    synth.add_argument("--frames", type=int, default=32, help="frames per sequence")
+    synth.add_argument("--clip-length", type=int, default=32, help="frames per stored clip")
+    synth.add_argument("--size", type=_size, default=(168, 224), help="HxW, e.g. 168x224")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--pose-free", action="store_true",
+                       help="the stage-2 flavour: same renders, has_pose false, no extrinsics")
+    synth.add_argument("--kind", choices=("mixed", "room", "open"), default="mixed")
+    synth.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                       help="rendering processes")
+    synth.add_argument("--clips-per-shard", type=int, default=8)
+    synth.add_argument("--resume", action="store_true", help="keep finished shards of a broken run")
+
+    inspect = sub.add_parser("inspect", help="validate shards, print statistics, draw one clip")
+    inspect.add_argument("path", help="a shard, a corpus folder, a folder of corpora or a pattern")
+    inspect.add_argument("--out", type=Path, default=None,
+                         help="contact-sheet PNG (default: <first corpus>_contact.png here)")
+    inspect.add_argument("--no-verify", action="store_true", help="skip sha256 checks")
+    inspect.add_argument("--frames", type=int, default=8, help="frames on the contact sheet")
+
+    convert = sub.add_parser("convert", help="convert a published corpus layout into shards")
+    convert.add_argument("format", help="converter name, e.g. tum, sintel, vkitti2")
+    convert.add_argument("root", type=Path)
+    convert.add_argument("out", type=Path)
+    convert.add_argument("--clip-length", type=int, default=32)
+    convert.add_argument("--stride", type=int, default=1)
+    convert.add_argument("--clips-per-shard", type=int, default=8)
+    convert.add_argument("--option", "-o", type=_option, action="append", default=[],
+                         help="converter option key=value (repeatable)")
+    return parser
+
+
+# --------------------------------------------------------------------------- synth
+def _synth(args: argparse.Namespace) -> int:
+    from gemdepth.data.synthetic import SynthConfig, make_synthetic_corpus
+
+    if args.frames < args.clip_length:
+        print(f"gemdepth data synth: --frames ({args.frames}) must be >= --clip-length "
+              f"({args.clip_length})", file=sys.stderr)
+        return 2
+    index = make_synthetic_corpus(
+        args.out, sequences=args.sequences, frames=args.frames, clip_length=args.clip_length,
+        size=args.size, seed=args.seed, pose_free=args.pose_free, workers=args.workers,
+        clips_per_shard=args.clips_per_shard, config=SynthConfig(kind=args.kind),
+        progress=True)
+    print(f"wrote {index['clips']} clips / {index['frames']} frames of corpus {index['corpus']} "
+          f"in {len(index['shards'])} shards to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- inspect
+# Turbo colour map as a 6th-degree polynomial fit (A. Mikhailov, Google, 2019, Apache-2.0
+# fit coefficients): avoids matplotlib, which is not a runtime dependency.
+_TURBO = np.array([
+    [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
+    [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
+    [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
+])
+
+
+def colourise_depth(depth: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """uint8 RGB ``(..., 3)`` of a depth map, coloured by normalised disparity (near = red).
+
+    Invalid pixels (depth 0 or ``~valid``) are black.
+    """
+    ok = depth > 0 if valid is None else valid & (depth > 0)
+    disp = np.where(ok, 1.0 / np.maximum(depth, 1e-6), 0.0)
+    if ok.any():
+        lo, hi = np.percentile(disp[ok], [1, 99])
+        disp = np.clip((disp - lo) / max(hi - lo, 1e-12), 0, 1)
+    powers = np.stack([disp ** k for k in range(6)], -1)
+    rgb = np.clip(powers @ _TURBO.T, 0, 1)
+    rgb[~ok] = 0
+    return (rgb * 255 + 0.5).astype(np.uint8)
+
+
+def contact_sheet(clip: dict, frames: int = 8) -> np.ndarray:
+    """An image of up to ``frames`` evenly spaced frames: RGB above colourised depth."""
+    t = clip["rgb"].shape[0]
+    pick = np.unique(np.linspace(0, t - 1, min(frames, t)).round().astype(int))
+    depth = clip["depth"][pick]
+    if clip["meta"]["depth_kind"] == "relative-disparity":
+        depth = np.where(depth > 0, 1.0 / np.maximum(depth, 1e-12), 0.0)
+    top = np.concatenate(list(clip["rgb"][pick]), axis=1)
+    valid = clip["valid"][pick] if clip.get("valid") is not None else None
+    bottom = np.concatenate(list(colourise_depth(depth, valid)), axis=1)
+    return np.concatenate([top, bottom], axis=0)
+
+
+class _Stats:
+    """Running per-corpus statistics of clips."""
+
+    def __init__(self) -> None:
+        self.clips = 0
+        self.frames = 0
+        self.sequences: set[str] = set()
+        self.sizes: set[tuple[int, int]] = set()
+        self.kinds: set[str] = set()
+        self.poses: set[bool] = set()
+        self.lo = {k: np.inf for k in ("depth", "fx", "step", "sky", "valid")}
+        self.hi = {k: -np.inf for k in self.lo}
+
+    def _range(self, key: str, values: np.ndarray) -> None:
+        if values.size:
+            self.lo[key] = min(self.lo[key], float(values.min()))
+            self.hi[key] = max(self.hi[key], float(values.max()))
+
+    def add(self, clip: dict) -> None:
+        meta = clip["meta"]
+        self.clips += 1
+        self.frames += clip["rgb"].shape[0]
+        self.sequences.add(meta["sequence"])
+        self.sizes.add(tuple(clip["rgb"].shape[1:3]))
+        self.kinds.add(meta["depth_kind"])
+        self.poses.add(bool(meta["has_pose"]))
+        depth = clip["depth"]
+        self._range("depth", depth[depth > 0])
+        self._range("valid", np.array([(depth > 0).mean()]))
+        self._range("fx", clip["intrinsics"][:, 0, 0])
+        if clip.get("sky") is not None:
+            self._range("sky", np.array([clip["sky"].mean()]))
+        if clip["extrinsics"] is not None and len(clip["extrinsics"]) > 1:
+            from gemdepth.geometry import camera_centres
+            import torch
+
+            centres = camera_centres(torch.from_numpy(clip["extrinsics"]).double()).numpy()
+            self._range("step", np.linalg.norm(np.diff(centres, axis=0), axis=-1))
+
+    def report(self, name: str) -> str:
+        def rng(key: str, fmt: str = ".3g") -> str:
+            if self.lo[key] == np.inf:
+                return "n/a"
+            return f"{self.lo[key]:{fmt}} .. {self.hi[key]:{fmt}}"
+
+        sizes = ", ".join(f"{h}x{w}" for h, w in sorted(self.sizes))
+        return "\n".join([
+            f"corpus {name}: {self.clips} clips, {self.frames} frames, "
+            f"{len(self.sequences)} sequences, sizes {sizes}",
+            f"  depth kind {'/'.join(sorted(self.kinds))}, has_pose {sorted(self.poses)}",
+            f"  depth (valid px) {rng('depth')}, valid fraction/clip {rng('valid', '.2f')}, "
+            f"sky fraction/clip {rng('sky', '.2f')}",
+            f"  fx {rng('fx', '.1f')} px, camera step/frame {rng('step')} (pose units)",
+        ])
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from gemdepth.data.shards import ShardError, decode_sample, iter_raw_samples, resolve_shards
+
+    try:
+        shards = resolve_shards(args.path)
+    except (FileNotFoundError, ShardError) as exc:
+        print(f"gemdepth data inspect: {exc}", file=sys.stderr)
+        return 1
+    stats: dict[str, _Stats] = defaultdict(_Stats)
+    errors: list[str] = []
+    sheet_clip = None
+    for shard, digest in tqdm(shards, desc="inspecting", unit="shard"):
+        try:
+            for raw in iter_raw_samples(shard, None if args.no_verify else digest):
+                try:
+                    clip = decode_sample(raw, validate=True)
+                except ShardError as exc:
+                    errors.append(str(exc))
+                    continue
+                stats[clip["meta"]["corpus"]].add(clip)
+                if sheet_clip is None:
+                    sheet_clip = clip
+        except ShardError as exc:
+            errors.append(str(exc))
+    for name in sorted(stats):
+        print(stats[name].report(name))
+    if sheet_clip is not None:
+        out = args.out or Path(f"{sheet_clip['meta']['corpus']}_contact.png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(contact_sheet(sheet_clip, args.frames)).save(out)
+        print(f"contact sheet of {sheet_clip['__key__']}: {out}")
+    if errors:
+        print(f"{len(errors)} problem(s):", file=sys.stderr)
+        for line in errors:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print(f"all {sum(s.clips for s in stats.values())} clips valid")
+    return 0
+
+
+# --------------------------------------------------------------------------- convert
+def _convert(args: argparse.Namespace) -> int:
+    from gemdepth.data.converters import run_converter  # imported only when needed
+
+    try:
+        index = run_converter(args.format, args.root, args.out, clip_length=args.clip_length,
+                              stride=args.stride, clips_per_shard=args.clips_per_shard,
+                              **dict(args.option))
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"gemdepth data convert: {message}", file=sys.stderr)
+        return 1
+    print(f"wrote {index['clips']} clips / {index['frames']} frames of corpus {index['corpus']} "
+          f"in {len(index['shards'])} shards to {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``gemdepth data``; returns the exit code."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command == "synth":
+        return _synth(args)
+    if args.command == "inspect":
+        return _inspect(args)
+    return _convert(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

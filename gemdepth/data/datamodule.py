@@ -1,0 +1,622 @@
+"""``VideoDataModule``: streams shards into training batches (INTERFACES.md "Training batch").
+
+Per stage, sources map a name to ``{path, weight, max_depth, sky, on_error}``; clips are mixed
+by weight (uniform by default, as the paper), sub-clips of ``clip_length`` frames are drawn
+with a random stride, cropped at one of several resolutions (paper A.2: short side 518, aspect
+variants; one shape per batch), optionally mirrored, and far/sky depth is truncated.
+
+Streaming (webdataset): each source's shard list is split by node and by DataLoader worker
+(``wds.split_by_node``/``wds.split_by_worker``) so ranks and workers read disjoint clips, then
+resampled with a seeded per-(epoch, rank, worker) generator with a small clip shuffle buffer.
+Sources with fewer shards than ``world_size × workers`` fall back to a split by key hash
+(every worker reads all shards, keeps its share; a warning suggests more shards). Each batch
+is produced whole by one worker, which picks its shape first, so all clips of a batch share
+it. Decoding runs in the worker processes; RGB is cropped as uint8 before resizing.
+
+Bad samples in ``skip`` mode are skipped and counted per ``<corpus>/<reason>``; the counts
+travel with the batches and add up in :attr:`VideoDataModule.skipped` in the main process
+(log ``data/skipped`` from :attr:`VideoDataModule.skipped_total`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
+
+from gemdepth.data.schema import ClipError
+from gemdepth.data.shards import (
+    ShardError,
+    bits_to_depth,
+    decode_depth_bits,
+    decode_sample,
+    iter_raw_samples,
+    parse_header,
+    read_index,
+    resolve_shards,
+)
+from gemdepth.data.transforms import (
+    PAPER_SIZES,
+    crop_intrinsics,
+    crop_nearest,
+    decode_crop_rgb,
+    flip_extrinsics,
+    flip_intrinsics,
+    plan_crop,
+)
+
+__all__ = ["VideoDataModule", "SourceSpec", "ClipStream", "parse_sources", "IMAGENET_MEAN",
+           "IMAGENET_STD"]
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+_SKY_MODES = ("far", "invalid")
+_ERROR_MODES = ("skip", "raise")
+_MAX_CONSECUTIVE_FAILURES = 200
+_NORM_SCALE = torch.from_numpy(1.0 / (255.0 * IMAGENET_STD))[:, None, None]
+_NORM_SHIFT = torch.from_numpy(-IMAGENET_MEAN / IMAGENET_STD)[:, None, None]
+
+
+def _decode_mask(data: bytes, where: tuple[str, str, str]) -> np.ndarray:
+    """bool mask of a PNG payload."""
+    try:
+        return np.asarray(Image.open(io.BytesIO(data))).astype(bool)
+    except Exception as exc:  # PIL raises many types for broken files
+        raise ShardError(f"undecodable mask ({exc})", shard=where[0], key=where[1],
+                         field=where[2]) from exc
+
+
+@dataclass
+class SourceSpec:
+    """One corpus in a stage's mix.
+
+    ``max_depth``: metric depth beyond it is truncated to it (``None``: no truncation).
+    ``sky``: ``"far"`` (sky pixels supervised at ``max_depth``, disparity 0 for relative
+    corpora, as the paper's A.2) or ``"invalid"`` (sky pixels masked out).
+    ``on_error``: ``"skip"`` (count and go on) or ``"raise"``; ``None`` picks ``skip`` for
+    training and ``raise`` for validation/test.
+    """
+
+    name: str
+    path: str
+    weight: float = 1.0
+    max_depth: float | None = 400.0
+    sky: str = "far"
+    on_error: str | None = None
+    shards: tuple[str, ...] = ()
+    has_pose: bool | None = None
+    depth_kind: str | None = None
+
+
+def parse_sources(sources: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> list[SourceSpec]:
+    """Source specs of a ``name -> {path, weight, ...}`` (or ``name -> path``) mapping."""
+    if not sources:
+        return []
+    allowed = {"path", "weight", "max_depth", "sky", "on_error"}
+    specs = []
+    for name, value in sources.items():
+        entry = {"path": value} if isinstance(value, (str, Path)) else dict(value)
+        unknown = set(entry) - allowed
+        if unknown:
+            raise ValueError(f"source {name!r}: unknown keys {sorted(unknown)} (allowed: "
+                             f"{sorted(allowed)})")
+        if "path" not in entry:
+            raise ValueError(f"source {name!r}: needs a 'path' to its shards")
+        spec = SourceSpec(name=str(name), path=str(entry["path"]),
+                          **{k: entry.get(k, defaults.get(k)) for k in allowed - {"path"}
+                             if k in entry or k in defaults})
+        if spec.weight is None or not spec.weight > 0:
+            raise ValueError(f"source {name!r}: weight must be > 0, got {spec.weight}")
+        if spec.sky not in _SKY_MODES:
+            raise ValueError(f"source {name!r}: sky must be one of {_SKY_MODES}, got {spec.sky!r}")
+        if spec.on_error is not None and spec.on_error not in _ERROR_MODES:
+            raise ValueError(f"source {name!r}: on_error must be one of {_ERROR_MODES}")
+        specs.append(spec)
+    return specs
+
+
+def _resolve(spec: SourceSpec) -> SourceSpec:
+    """Fill a spec's shard list (and corpus facts from its index, when there is one)."""
+    pairs = resolve_shards(spec.path)
+    folders = {p.parent for p, _ in pairs}
+    index = read_index(folders.pop()) if len(folders) == 1 else None
+    return SourceSpec(**{**spec.__dict__, "shards": tuple(str(p) for p, _ in pairs),
+                         "has_pose": index.get("has_pose") if index else None,
+                         "depth_kind": index.get("depth_kind") if index else None})
+
+
+class _Skip(Exception):
+    """A sample that cannot be used: ``reason`` is its counter name."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _buffer_shuffle(items: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
+    """Seeded shuffle buffer over a stream (mixes clips of consecutive shards)."""
+    if size <= 1:
+        yield from items
+        return
+    buf: list[dict] = []
+    for item in items:
+        buf.append(item)
+        if len(buf) >= size:
+            yield buf.pop(int(rng.integers(len(buf))))
+    while buf:
+        yield buf.pop(int(rng.integers(len(buf))))
+
+
+class ClipStream(IterableDataset):
+    """Batches of processed clips; each batch is built whole inside one worker.
+
+    ``train=True``: endless resampled mix of sources, ``batches_per_epoch`` per rank (split
+    over workers), random shape per batch, stride, crop offset and flip. ``train=False``:
+    one deterministic pass over each source's shards, first ``clip_length`` frames at stride
+    1, centre crop at ``eval_size``.
+    """
+
+    def __init__(self, sources: Sequence[SourceSpec], *, train: bool, batch_size: int,
+                 clip_length: int, stride_range: tuple[int, int], short_side: int,
+                 sizes: Sequence[tuple[int, int]], eval_size: tuple[int, int],
+                 crop_jitter: float, hflip_prob: float, samples_per_epoch: int, seed: int,
+                 shuffle_buffer: int) -> None:
+        super().__init__()
+        if not sources:
+            raise ValueError("ClipStream needs at least one source")
+        self.sources = list(sources)
+        self.train = train
+        self.batch_size = batch_size
+        self.clip_length = clip_length
+        self.stride_range = (int(stride_range[0]), int(stride_range[1]))
+        self.short_side = short_side
+        self.sizes = [tuple(int(v) for v in s) for s in sizes]
+        self.eval_size = tuple(int(v) for v in eval_size)
+        self.crop_jitter = crop_jitter
+        self.hflip_prob = hflip_prob
+        self.samples_per_epoch = samples_per_epoch
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch = 0
+        weights = np.array([s.weight for s in self.sources], np.float64)
+        self._probs = weights / weights.sum()
+        self._skips: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ sizes
+    def batches_per_rank(self) -> int:
+        """Training batches each rank yields per epoch (``ceil(samples / (B·world))``)."""
+        _, world, _, _ = wds.utils.pytorch_worker_info()
+        return max(1, math.ceil(self.samples_per_epoch / (self.batch_size * world)))
+
+    def __len__(self) -> int:
+        if self.train:
+            return self.batches_per_rank()
+        raise TypeError("evaluation streams have no precomputed length")
+
+    # ------------------------------------------------------------------ splitting
+    def _my_shards(self, spec: SourceSpec) -> tuple[list[str], Callable[[str], bool] | None]:
+        """This (rank, worker)'s shards of a source and, in the fallback, its key filter."""
+        rank, world, worker, nworkers = wds.utils.pytorch_worker_info()
+        total = world * nworkers
+        shards = list(spec.shards)
+        if total <= 1:
+            return shards, None
+        if len(shards) >= total:
+            return list(wds.split_by_worker(wds.split_by_node(shards))), None
+        if rank == 0 and worker == 0:
+            (log.warning if self.train else log.info)("source %s has %d shards for %d ranks×workers: every worker reads all of "
+                        "them and keeps its share by key; write smaller shards "
+                        "(clips_per_shard) to avoid the extra reading", spec.name, len(shards),
+                        total)
+        gid = rank * nworkers + worker
+        return shards, lambda key: zlib.crc32(key.encode()) % total == gid
+
+    # ------------------------------------------------------------------ errors
+    def _on_error(self, spec: SourceSpec) -> str:
+        return spec.on_error or ("skip" if self.train else "raise")
+
+    def _skip(self, spec: SourceSpec, reason: str, exc: Exception) -> None:
+        key = f"{spec.name}/{reason}"
+        self._skips[key] += 1
+        if self._skips[key] <= 3:
+            log.warning("skipping a sample of %s (%s): %s", spec.name, reason, exc)
+
+    # ------------------------------------------------------------------ raw streams
+    def _raw_once(self, spec: SourceSpec, shards: list[str],
+                  keep: Callable[[str], bool] | None) -> Iterator[dict]:
+        for shard in shards:
+            try:
+                for raw in iter_raw_samples(shard):
+                    if keep is None or keep(raw["__key__"]):
+                        yield raw
+            except ShardError as exc:
+                if self._on_error(spec) == "raise":
+                    raise
+                self._skip(spec, "corrupt_shard", exc)
+
+    def _raw_resampled(self, spec: SourceSpec, shards: list[str],
+                       keep: Callable[[str], bool] | None,
+                       rng: np.random.Generator) -> Iterator[dict]:
+        """Endless stream: shards drawn with replacement (webdataset-style resampling)."""
+        bad: set[str] = set()
+        dry = 0
+        while True:
+            live = [s for s in shards if s not in bad]
+            if not live:
+                raise RuntimeError(f"source {spec.name}: every shard of this worker failed to "
+                                   f"read ({len(bad)} bad); see the warnings above")
+            shard = live[int(rng.integers(len(live)))]
+            got = 0
+            try:
+                for raw in iter_raw_samples(shard):
+                    if keep is None or keep(raw["__key__"]):
+                        got += 1
+                        yield raw
+            except ShardError as exc:
+                if self._on_error(spec) == "raise":
+                    raise
+                self._skip(spec, "corrupt_shard", exc)
+                bad.add(shard)
+            dry = 0 if got else dry + 1
+            if dry > 4 * len(live) + 10:
+                raise RuntimeError(f"source {spec.name}: this worker's shards hold no clips for "
+                                   "it; use fewer workers or more shards")
+
+    # ------------------------------------------------------------------ one clip
+    def _frames(self, n_frames: int, rng: np.random.Generator | None) -> np.ndarray:
+        n = self.clip_length
+        if n_frames < n:
+            raise _Skip("too_short", f"clip has {n_frames} frames, need clip_length={n}")
+        if rng is None or n == 1:
+            return np.arange(n)
+        lo, hi = self.stride_range
+        stride = int(rng.integers(lo, hi + 1))
+        stride = max(1, min(stride, (n_frames - 1) // (n - 1)))
+        span = (n - 1) * stride + 1
+        start = int(rng.integers(0, n_frames - span + 1))
+        return start + stride * np.arange(n)
+
+    def process(self, raw: dict, spec: SourceSpec, size: tuple[int, int],
+                rng: np.random.Generator | None) -> dict[str, Any]:
+        """One raw sample -> one training example (tensors without the batch dim).
+
+        ``rng=None`` gives the deterministic evaluation view (start 0, stride 1, centre crop,
+        no flip). Raises :class:`ShardError`/``_Skip`` on unusable samples.
+        """
+        header = parse_header(raw)
+        sel = self._frames(int(header["num_frames"]), rng)
+        clip = decode_sample(raw, frames=sel, validate=True, lazy=True)
+        meta = clip["meta"]
+        shard, key = raw.get("__url__"), raw.get("__key__")
+        if spec.has_pose and not meta["has_pose"]:
+            raise ShardError("clip without poses in a pose-annotated corpus", shard=shard,
+                             key=key, field="extrinsics")
+        box = plan_crop(tuple(meta["image_size"]), size, self.short_side, rng,
+                        self.crop_jitter if rng is not None else 0.0)
+        try:
+            video = decode_crop_rgb(clip["rgb"], box)
+        except Exception as exc:  # PIL raises many types for broken images
+            raise ShardError(f"undecodable or mis-sized frame ({exc})", shard=shard, key=key,
+                             field="rgb") from exc
+        def sized(arr: np.ndarray, field: str) -> np.ndarray:
+            if arr.shape != box.src:
+                raise ShardError(f"map is {arr.shape} but the clip's image size is {box.src}",
+                                 shard=shard, key=key, field=field)
+            return crop_nearest(arr, box)
+
+        depth = bits_to_depth(np.stack([sized(decode_depth_bits(p, (shard, key, "depth")), "depth")
+                                        for p in clip["depth"]]))
+        if not np.isfinite(depth).all() or (depth < 0).any():
+            raise ShardError("NaN/inf or negative depth", shard=shard, key=key, field="depth")
+        masks = {m: np.stack([sized(_decode_mask(p, (shard, key, m)), m) for p in clip[m]])
+                 if clip.get(m) is not None else None for m in ("sky", "valid")}
+        intr = crop_intrinsics(clip["intrinsics"], box)
+        has_pose = clip["extrinsics"] is not None
+        extr = clip["extrinsics"] if has_pose else np.tile(np.eye(4, dtype=np.float32),
+                                                           (len(sel), 1, 1))
+        if rng is not None and self.hflip_prob > 0 and rng.random() < self.hflip_prob:
+            video, depth = video.flip(-1), depth[..., ::-1]
+            masks = {m: None if v is None else v[..., ::-1] for m, v in masks.items()}
+            intr = flip_intrinsics(intr, size[1])
+            extr = flip_extrinsics(extr) if has_pose else extr
+        is_disp = meta["depth_kind"] == "relative-disparity"
+        depth, ok = self._supervision(depth, masks["sky"], masks["valid"], is_disp, spec)
+        return {
+            "video": video,  # uint8 (T, 3, h, w); normalised when batched
+            "depth": torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)),
+            "valid": torch.from_numpy(np.ascontiguousarray(ok)),
+            "intrinsics": torch.from_numpy(intr.astype(np.float32)),
+            "extrinsics": torch.from_numpy(np.ascontiguousarray(extr, dtype=np.float32)),
+            "has_pose": has_pose,
+            "is_disparity": is_disp,
+            "key": str(key),
+        }
+
+    @staticmethod
+    def _supervision(depth: np.ndarray, sky: np.ndarray | None, valid: np.ndarray | None,
+                     is_disp: bool, spec: SourceSpec) -> tuple[np.ndarray, np.ndarray]:
+        """Depth with far/sky truncation and its validity mask (paper A.2)."""
+        depth = np.ascontiguousarray(depth)  # writable: a fresh array (copied if flipped)
+        ok = depth > 0
+        if not is_disp and spec.max_depth is not None:
+            np.minimum(depth, spec.max_depth, out=depth)
+        if sky is not None:
+            if spec.sky == "far" and (is_disp or spec.max_depth is not None):
+                depth[sky] = 0.0 if is_disp else spec.max_depth
+                ok |= sky
+            else:
+                ok &= ~sky
+        if valid is not None:
+            ok &= valid | (sky if sky is not None and spec.sky == "far" else False)
+        return depth, ok
+
+    # ------------------------------------------------------------------ batches
+    def _safe_process(self, raw: dict, spec: SourceSpec, size: tuple[int, int],
+                      rng: np.random.Generator | None) -> dict | None:
+        try:
+            return self.process(raw, spec, size, rng)
+        except _Skip as exc:
+            self._skip(spec, exc.reason, exc)
+        except (ShardError, ClipError) as exc:
+            if self._on_error(spec) == "raise":
+                raise
+            field = getattr(exc, "field", None) or "sample"
+            self._skip(spec, f"bad_{field.split(':')[0].split('.')[0]}", exc)
+        return None
+
+    def _collate(self, examples: list[dict]) -> dict[str, Any]:
+        batch: dict[str, Any] = {k: torch.stack([e[k] for e in examples])
+                                 for k in ("depth", "valid", "intrinsics", "extrinsics")}
+        video = torch.stack([e["video"] for e in examples]).float()
+        batch["video"] = torch.addcmul(_NORM_SHIFT, video, _NORM_SCALE)  # (x/255 - mean) / std
+        batch["has_pose"] = torch.tensor([e["has_pose"] for e in examples], dtype=torch.bool)
+        batch["is_disparity"] = torch.tensor([e["is_disparity"] for e in examples],
+                                             dtype=torch.bool)
+        batch["key"] = [e["key"] for e in examples]
+        batch["_skipped"] = dict(self._skips)
+        self._skips.clear()
+        return batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, world, worker, nworkers = wds.utils.pytorch_worker_info()
+        rng = np.random.default_rng([self.seed, self.epoch, rank, worker])
+        self._skips = Counter()
+        if self.train:
+            yield from self._train_batches(rng, worker, nworkers)
+        else:
+            yield from self._eval_batches()
+
+    def _train_batches(self, rng: np.random.Generator, worker: int,
+                       nworkers: int) -> Iterator[dict]:
+        per_rank = self.batches_per_rank()
+        mine = per_rank // nworkers + (worker < per_rank % nworkers)
+        streams = []
+        for i, spec in enumerate(self.sources):
+            shards, keep = self._my_shards(spec)
+            src_rng = np.random.default_rng([self.seed, self.epoch, int(rng.integers(1 << 31)), i])
+            streams.append(_buffer_shuffle(self._raw_resampled(spec, shards, keep, src_rng),
+                                           self.shuffle_buffer, src_rng))
+        for _ in range(mine):
+            size = self.sizes[int(rng.integers(len(self.sizes)))]
+            examples: list[dict] = []
+            failures = 0
+            while len(examples) < self.batch_size:
+                i = int(rng.choice(len(self.sources), p=self._probs))
+                example = self._safe_process(next(streams[i]), self.sources[i], size, rng)
+                if example is None:
+                    failures += 1
+                    if failures > _MAX_CONSECUTIVE_FAILURES:
+                        raise RuntimeError(f"{failures} unusable samples in a row (counts: "
+                                           f"{dict(self._skips)}); check the sources")
+                    continue
+                failures = 0
+                examples.append(example)
+            yield self._collate(examples)
+
+    def _eval_batches(self) -> Iterator[dict]:
+        examples: list[dict] = []
+        for spec in self.sources:
+            shards, keep = self._my_shards(spec)
+            for raw in self._raw_once(spec, shards, keep):
+                example = self._safe_process(raw, spec, self.eval_size, None)
+                if example is None:
+                    continue
+                examples.append(example)
+                if len(examples) == self.batch_size:
+                    yield self._collate(examples)
+                    examples = []
+        if examples:
+            yield self._collate(examples)
+
+
+class _StreamLoader(DataLoader):
+    """DataLoader over a :class:`ClipStream`: advances the stream's epoch on every pass (so
+    resampling differs per epoch, seeded) and moves per-batch skip counts into ``sink``."""
+
+    def __init__(self, dataset: ClipStream, sink: Callable[[dict], None], start_epoch: int,
+                 **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=None, persistent_workers=False, **kwargs)
+        self._sink = sink
+        self.epoch = start_epoch
+
+    def __iter__(self) -> Iterator[dict]:  # type: ignore[override]
+        self.dataset.epoch = self.epoch  # copied into the (fresh) workers by the next line
+        it = super().__iter__()
+        self.epoch += 1
+        for batch in it:
+            self._sink(batch.pop("_skipped", {}))
+            yield batch
+
+
+class VideoDataModule(pl.LightningDataModule):
+    """Video clips from WebDataset shards for training, validation and testing.
+
+    Args:
+        train_sources: ``name -> {path, weight, max_depth, sky, on_error}`` (or ``name -> path``)
+            for training; weights default to 1 (uniform over sources, as the paper).
+        val_sources: the same for validation (held-out shards); default: the last
+            ``holdout_shards`` shards of every training source, if set.
+        test_sources: the same for testing.
+        holdout_shards: shards per training source kept out of training for validation.
+        batch_size: clips per batch (per rank).
+        eval_batch_size: clips per validation/test batch (default: ``batch_size``).
+        clip_length: frames per training clip (N).
+        stride_range: inclusive range of frame strides to draw from.
+        short_side: short side after resizing (518 in the paper).
+        sizes: crop shapes ``(H, W)``, one drawn per batch (default: the paper's six).
+        eval_size: validation/test crop shape (default: the first of ``sizes``).
+        crop_jitter: 0 = centre crops, 1 = anywhere along the free axis.
+        hflip_prob: probability of a pose-consistent horizontal flip per clip.
+        max_depth: default far truncation in metres (per source overridable; paper: 400).
+        sky: default sky handling, ``"far"`` (paper: sky supervised at ``max_depth``) or
+            ``"invalid"``.
+        samples_per_epoch: clips per training epoch over all ranks (the stream is endless).
+        num_workers: DataLoader worker processes (decoding happens there).
+        shuffle_buffer: clips in each worker's shuffle buffer.
+        seed: base seed of all sampling.
+        pin_memory: pin batches for faster host-to-GPU copies.
+    """
+
+    def __init__(
+        self,
+        train_sources: dict[str, dict[str, Any] | str] | None = None,
+        val_sources: dict[str, dict[str, Any] | str] | None = None,
+        test_sources: dict[str, dict[str, Any] | str] | None = None,
+        holdout_shards: int = 0,
+        batch_size: int = 1,
+        eval_batch_size: int | None = None,
+        clip_length: int = 32,
+        stride_range: tuple[int, int] = (1, 2),
+        short_side: int = 518,
+        sizes: list[tuple[int, int]] | None = None,
+        eval_size: tuple[int, int] | None = None,
+        crop_jitter: float = 1.0,
+        hflip_prob: float = 0.5,
+        max_depth: float | None = 400.0,
+        sky: str = "far",
+        samples_per_epoch: int = 1000,
+        num_workers: int = 2,
+        shuffle_buffer: int = 8,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if clip_length < 1 or batch_size < 1:
+            raise ValueError("clip_length and batch_size must be >= 1")
+        if not 1 <= stride_range[0] <= stride_range[1]:
+            raise ValueError(f"stride_range must be (lo, hi) with 1 <= lo <= hi, got {stride_range}")
+        self.sizes = [tuple(int(v) for v in s) for s in (sizes or PAPER_SIZES)]
+        for h, w in self.sizes:
+            if h > short_side and w > short_side:
+                raise ValueError(f"crop {h}x{w} exceeds short_side={short_side} on both axes")
+        self.eval_size = tuple(eval_size) if eval_size else self.sizes[0]
+        defaults = {"max_depth": max_depth, "sky": sky}
+        self._specs = {
+            "train": parse_sources(train_sources, defaults),
+            "val": parse_sources(val_sources, defaults),
+            "test": parse_sources(test_sources, defaults),
+        }
+        self._resolved: dict[str, list[SourceSpec]] = {}
+        self.skipped: Counter[str] = Counter()
+        self._train_epoch = 0
+        self._train_loader: _StreamLoader | None = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str | None = None) -> None:
+        """Resolve every source's shard list (and the hold-out split)."""
+        if self._resolved:
+            return
+        hp = self.hparams
+        train = [_resolve(s) for s in self._specs["train"]]
+        val = [_resolve(s) for s in self._specs["val"]]
+        if hp.holdout_shards > 0 and train:
+            held = []
+            for i, spec in enumerate(train):
+                if len(spec.shards) <= hp.holdout_shards:
+                    raise ValueError(f"source {spec.name}: holdout_shards={hp.holdout_shards} "
+                                     f"leaves none of its {len(spec.shards)} shards for training")
+                keep, out = spec.shards[:-hp.holdout_shards], spec.shards[-hp.holdout_shards:]
+                train[i] = SourceSpec(**{**spec.__dict__, "shards": keep})
+                held.append(SourceSpec(**{**spec.__dict__, "shards": out}))
+            if not val:
+                val = held
+        self._resolved = {"train": train, "val": val,
+                          "test": [_resolve(s) for s in self._specs["test"]]}
+
+    def _stream(self, split: str) -> ClipStream | None:
+        self.setup()
+        sources = self._resolved[split]
+        if not sources:
+            return None
+        hp = self.hparams
+        return ClipStream(
+            sources, train=split == "train",
+            batch_size=hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size),
+            clip_length=hp.clip_length, stride_range=tuple(hp.stride_range),
+            short_side=hp.short_side, sizes=self.sizes, eval_size=self.eval_size,
+            crop_jitter=hp.crop_jitter, hflip_prob=hp.hflip_prob,
+            samples_per_epoch=hp.samples_per_epoch, seed=hp.seed,
+            shuffle_buffer=hp.shuffle_buffer)
+
+    def _loader(self, split: str) -> DataLoader | list:
+        stream = self._stream(split)
+        if stream is None:
+            return []
+        loader = _StreamLoader(stream, self._count, self._train_epoch if split == "train" else 0,
+                               num_workers=self.hparams.num_workers,
+                               pin_memory=self.hparams.pin_memory)
+        if split == "train":
+            self._train_loader = loader
+        return loader
+
+    def train_dataloader(self) -> DataLoader:
+        """Endless, resampled, mixed stream cut into ``samples_per_epoch`` epochs."""
+        loader = self._loader("train")
+        if not loader:
+            raise ValueError("VideoDataModule has no train_sources")
+        return loader
+
+    def val_dataloader(self) -> DataLoader | list:
+        """One deterministic pass over the held-out shards (``[]`` when there are none)."""
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        """One deterministic pass over the test shards (``[]`` when there are none)."""
+        return self._loader("test")
+
+    # ------------------------------------------------------------------ skip counters
+    def _count(self, delta: Mapping[str, int]) -> None:
+        self.skipped.update(delta)
+
+    @property
+    def skipped_total(self) -> int:
+        """Samples skipped so far (all sources and reasons): log it as ``data/skipped``."""
+        return int(sum(self.skipped.values()))
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """Training epoch counter of the stream (so a resumed run does not replay epochs)."""
+        epoch = self._train_loader.epoch if self._train_loader is not None else self._train_epoch
+        return {"train_epoch": epoch, "skipped": dict(self.skipped)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_epoch = int(state_dict.get("train_epoch", 0))
+        self.skipped = Counter(state_dict.get("skipped", {}))
+        if self._train_loader is not None:
+            self._train_loader.epoch = self._train_epoch

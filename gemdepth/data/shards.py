@@ -1,0 +1,589 @@
+"""WebDataset shards of clips: atomic writer, validating reader, whole-sequence reader.
+
+Layout of one sample (one clip) inside a shard ``<corpus>-NNNNNN.tar``, key
+``<corpus>__<sequence>__<first frame>``:
+
+* ``<key>.meta.json``: ``{"format_version", "num_frames", "meta", "intrinsics", "extrinsics",
+  "masks", "codecs"}`` (intrinsics/extrinsics as nested lists; ``extrinsics`` null when
+  pose-free);
+* ``<key>.rgb.NNNN.jpg``: frame ``NNNN`` (position in the clip) as JPEG, quality ≥ 95;
+* ``<key>.depth.NNNN.png``: depth as **float16 bit patterns in a 16-bit greyscale PNG**.
+  Why: float16 keeps a *relative* error ≤ 2⁻¹¹ ≈ 4.9e-4 over the whole range (metres near and
+  far, or small disparities), where a scaled 16-bit integer PNG has a fixed *absolute* step that
+  is too coarse near or too short far; PNG's lossless zlib then shrinks it 5-10× against raw
+  ``.npy`` and decodes in a few ms. Values beyond float16's max (65504) saturate there.
+* ``<key>.sky.NNNN.png`` / ``<key>.valid.NNNN.png``: optional 1-bit PNG masks.
+
+Each corpus folder holds ``index.json`` (shard names, sha256, clip/frame counts, keys, image
+sizes, depth kind, ``has_pose``), always written atomically; ``"complete": false`` marks a
+corpus whose writer has not finished (resume with ``write_corpus(..., resume=True)``).
+
+Tar reading and writing go through webdataset (``TarWriter``, ``tar_file_iterator``,
+``group_by_keys``); decoding is ours so that the DataModule can decode only the frames it
+samples and crop them as uint8 before resizing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import braceexpand
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from gemdepth.data.schema import (
+    FLOAT16_MAX,
+    FORMAT_VERSION,
+    MASK_FIELDS,
+    PER_FRAME_META,
+    ClipError,
+    clip_key,
+    sanitise_name,
+    validate_clip,
+)
+
+__all__ = [
+    "ShardError",
+    "write_corpus",
+    "read_clips",
+    "read_sequences",
+    "read_index",
+    "resolve_shards",
+    "iter_raw_samples",
+    "decode_sample",
+    "decode_depth",
+    "decode_depth_bits",
+    "bits_to_depth",
+    "parse_header",
+    "sha256_file",
+    "INDEX_NAME",
+]
+
+INDEX_NAME = "index.json"
+_TMP_MARK = ".tmp-"
+_CODECS = {"rgb": "jpeg", "depth": "float16-png16", "mask": "png1"}
+PathLike = str | os.PathLike
+
+
+class ShardError(ValueError):
+    """A shard or one of its samples is unreadable or breaks the schema.
+
+    ``shard``, ``key`` and ``field`` name where (any may be ``None``).
+    """
+
+    def __init__(self, message: str, shard: str | None = None, key: str | None = None,
+                 field: str | None = None) -> None:
+        where = ", ".join(p for p in (
+            f"shard {shard}" if shard else "", f"sample {key}" if key else "",
+            f"field {field!r}" if field else "") if p)
+        super().__init__(f"{where}: {message}" if where else message)
+        self.shard, self.key, self.field = shard, key, field
+
+
+# --------------------------------------------------------------------------- encoding
+def _encode_jpeg(img: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _encode_depth(depth: np.ndarray) -> bytes:
+    bits = np.minimum(depth, FLOAT16_MAX).astype(np.float16).view(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(bits).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _encode_mask(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def _encode_clip(clip: dict, key: str, jpeg_quality: int) -> dict[str, Any]:
+    """One webdataset sample dict (suffix -> bytes) of a validated clip."""
+    t = clip["rgb"].shape[0]
+    masks = [m for m in MASK_FIELDS if clip.get(m) is not None]
+    header = {
+        "format_version": FORMAT_VERSION,
+        "num_frames": t,
+        "meta": clip["meta"],
+        "intrinsics": clip["intrinsics"].tolist(),
+        "extrinsics": None if clip["extrinsics"] is None else clip["extrinsics"].tolist(),
+        "masks": masks,
+        "codecs": _CODECS,
+    }
+    sample: dict[str, Any] = {
+        "__key__": key,
+        "meta.json": json.dumps(header, default=_json_default).encode("utf-8"),
+    }
+    for i in range(t):  # per-frame codecs: each frame is its own image file
+        sample[f"rgb.{i:04d}.jpg"] = _encode_jpeg(clip["rgb"][i], jpeg_quality)
+        sample[f"depth.{i:04d}.png"] = _encode_depth(clip["depth"][i])
+        for m in masks:
+            sample[f"{m}.{i:04d}.png"] = _encode_mask(clip[m][i])
+    return sample
+
+
+# --------------------------------------------------------------------------- files
+def sha256_file(path: PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_index(out: Path, index: dict) -> None:
+    _atomic_write_bytes(out / INDEX_NAME, json.dumps(index, indent=1).encode("utf-8"))
+
+
+def _write_shard(path: Path, samples: list[dict]) -> str:
+    """Write samples to ``path`` atomically (temp name + fsync + rename); return its sha256."""
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            with wds.TarWriter(fh, mtime=0.0) as sink:  # fixed mtime: reproducible checksums
+                for sample in samples:
+                    sink.write(sample)
+            fh.flush()
+            os.fsync(fh.fileno())
+        digest = sha256_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return digest
+
+
+def read_index(folder: PathLike) -> dict | None:
+    """The ``index.json`` of a corpus folder, or ``None`` when there is none."""
+    path = Path(folder) / INDEX_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ShardError(f"{path} is not valid JSON ({exc}); delete it and re-create the corpus",
+                         shard=str(path)) from exc
+
+
+def _summarise(index: dict) -> None:
+    """Fill the corpus-level totals of an index from its shard entries (in place)."""
+    shards = index["shards"]
+    index["clips"] = sum(s["clips"] for s in shards)
+    index["frames"] = sum(s["frames"] for s in shards)
+    index["sequences"] = len({q for s in shards for q in s["sequences"]})
+    index["image_sizes"] = sorted({tuple(sz) for s in shards for sz in s["image_sizes"]})
+    index["image_sizes"] = [list(sz) for sz in index["image_sizes"]]
+
+
+# --------------------------------------------------------------------------- writer
+def write_corpus(
+    clips: Iterable[dict],
+    out_dir: PathLike,
+    corpus: str,
+    clips_per_shard: int = 8,
+    progress: bool = True,
+    *,
+    resume: bool = False,
+    jpeg_quality: int = 95,
+    total: int | None = None,
+) -> dict:
+    """Write clips as WebDataset shards plus ``index.json`` into ``out_dir``; return the index.
+
+    Every clip is validated (:func:`validate_clip`), must belong to ``corpus`` and agree with
+    the corpus's first clip on ``depth_kind`` and ``has_pose``; keys must be unique. Each shard
+    is written under a temporary name and renamed when complete, and the index is rewritten
+    atomically after every shard with ``"complete": false`` until the end, so an interrupted
+    run never leaves a finished-looking shard or index.
+
+    ``resume=False`` (default) starts over: the old index is removed first and shards of the
+    old run that the new one did not overwrite are deleted at the end. ``resume=True`` keeps
+    the shards of an earlier (interrupted) run whose checksums still match, skips clips whose
+    keys they hold, and appends the rest. ``total`` (number of clips, if known) only feeds the
+    progress bar.
+    """
+    if clips_per_shard < 1:
+        raise ValueError(f"clips_per_shard must be >= 1, got {clips_per_shard}")
+    if not 95 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be in [95, 100] (the schema's floor), got {jpeg_quality}")
+    if sanitise_name(corpus) != corpus:
+        raise ValueError(f"corpus name {corpus!r} is not key-safe; use {sanitise_name(corpus)!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f".*{_TMP_MARK}*"):  # temp files of a crashed run
+        stale.unlink(missing_ok=True)
+
+    index: dict[str, Any] = {
+        "format_version": FORMAT_VERSION, "corpus": corpus, "complete": False,
+        "depth_kind": None, "has_pose": None, "licence": None, "codecs": _CODECS, "shards": [],
+    }
+    done_keys: set[str] = set()
+    prior = read_index(out)
+    if resume and prior is not None:
+        if prior.get("corpus") != corpus:
+            raise ValueError(f"{out / INDEX_NAME} belongs to corpus {prior.get('corpus')!r}, not "
+                             f"{corpus!r}; write into another folder")
+        for entry in prior["shards"]:  # keep the verified prefix
+            path = out / entry["name"]
+            if not path.is_file() or sha256_file(path) != entry["sha256"]:
+                break
+            index["shards"].append(entry)
+            done_keys.update(entry["keys"])
+        for k in ("depth_kind", "has_pose", "licence"):
+            index[k] = prior.get(k) if index["shards"] else None
+    elif prior is not None:
+        (out / INDEX_NAME).unlink()
+
+    seen: set[str] = set(done_keys)
+    pending: list[dict] = []
+    pending_info: list[tuple[str, str, int, list[int]]] = []  # key, sequence, frames, [H, W]
+    next_id = len(index["shards"])
+
+    def flush() -> None:
+        nonlocal next_id
+        name = f"{corpus}-{next_id:06d}.tar"
+        digest = _write_shard(out / name, pending)
+        index["shards"].append({
+            "name": name, "sha256": digest, "bytes": (out / name).stat().st_size,
+            "clips": len(pending), "frames": sum(p[2] for p in pending_info),
+            "keys": [p[0] for p in pending_info],
+            "sequences": sorted({p[1] for p in pending_info}),
+            "image_sizes": sorted({tuple(p[3]) for p in pending_info}),
+        })
+        _summarise(index)
+        _write_index(out, index)
+        next_id += 1
+        pending.clear()
+        pending_info.clear()
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=f"writing {corpus}", unit="clip")
+    n_new = 0
+    try:
+        for clip in clips:
+            validate_clip(clip)
+            meta = clip["meta"]
+            if meta["corpus"] != corpus:
+                raise ClipError(f"clip of corpus {meta['corpus']!r} given to write_corpus for "
+                                f"{corpus!r}", field="meta.corpus")
+            key = clip_key(corpus, meta["sequence"], meta["frame_indices"][0])
+            if bar is not None:
+                bar.update(1)
+            if key in done_keys:
+                continue
+            if key in seen:
+                raise ClipError(f"duplicate sample key {key!r} (same sequence and first frame "
+                                "twice)", field="meta.frame_indices")
+            seen.add(key)
+            for k in ("depth_kind", "has_pose", "licence"):
+                if index[k] is None:
+                    index[k] = meta[k]
+                elif k != "licence" and meta[k] != index[k]:
+                    raise ClipError(f"clip {key} has {k}={meta[k]!r} but the corpus has "
+                                    f"{index[k]!r} (one corpus, one {k})", field=f"meta.{k}")
+            pending.append(_encode_clip(clip, key, jpeg_quality))
+            pending_info.append((key, meta["sequence"], clip["rgb"].shape[0],
+                                 list(clip["rgb"].shape[1:3])))
+            n_new += 1
+            if len(pending) == clips_per_shard:
+                flush()
+        if pending:
+            flush()
+    finally:
+        if bar is not None:
+            bar.close()
+    if not index["shards"]:
+        raise ValueError(f"write_corpus got no clips for corpus {corpus!r}; nothing written to {out}")
+    index["complete"] = True
+    _summarise(index)
+    _write_index(out, index)
+    keep = {s["name"] for s in index["shards"]}
+    for old in out.glob(f"{corpus}-*.tar"):  # shards of an earlier, longer run
+        if old.name not in keep:
+            old.unlink()
+    return index
+
+
+# --------------------------------------------------------------------------- locating shards
+def resolve_shards(path: PathLike | Sequence[PathLike]) -> list[tuple[Path, str | None]]:
+    """Shard files of a shard, a corpus folder, a folder of corpus folders or a brace pattern.
+
+    Returns ``(shard path, expected sha256 or None)`` pairs in reading order; checksums come
+    from the ``index.json`` beside the shards. Raises ``FileNotFoundError`` with the fix for
+    missing or empty locations and :class:`ShardError` for an unfinished corpus.
+    """
+    if isinstance(path, (list, tuple)):
+        return [item for p in path for item in resolve_shards(p)]
+    text = os.fspath(path)
+    if "{" in text and "}" in text:
+        return [item for p in braceexpand.braceexpand(text) for item in resolve_shards(p)]
+    p = Path(text)
+    if p.is_file():
+        index = read_index(p.parent)
+        sums = {s["name"]: s["sha256"] for s in index["shards"]} if index else {}
+        return [(p, sums.get(p.name))]
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: no such shard or folder (make shards with "
+                                "`gemdepth data synth` or `gemdepth data convert`)")
+    index = read_index(p)
+    if index is not None:
+        if not index.get("complete", False):
+            raise ShardError(f"corpus {index.get('corpus')!r} in {p} is incomplete (its writer was "
+                             "interrupted); re-run it (write_corpus(..., resume=True)) first",
+                             shard=str(p / INDEX_NAME))
+        return [(p / s["name"], s["sha256"]) for s in index["shards"]]
+    tars = sorted(p.glob("*.tar"))
+    if tars:
+        return [(t, None) for t in tars]
+    corpora = sorted(d for d in p.iterdir() if d.is_dir() and (d / INDEX_NAME).is_file())
+    if corpora:
+        return [item for d in corpora for item in resolve_shards(d)]
+    raise FileNotFoundError(f"{p}: folder holds no shards (*.tar) and no corpus folders with "
+                            f"{INDEX_NAME}; make shards with `gemdepth data synth` or "
+                            "`gemdepth data convert`")
+
+
+# --------------------------------------------------------------------------- reading
+def iter_raw_samples(shard: PathLike, sha256: str | None = None) -> Iterator[dict[str, Any]]:
+    """Undecoded samples (``__key__``, ``__url__`` and suffix -> bytes) of one shard.
+
+    With ``sha256`` the file is checked against it first. A corrupt or truncated tar raises
+    :class:`ShardError` naming the shard and the last good sample.
+    """
+    shard = os.fspath(shard)
+    if sha256 is not None:
+        actual = sha256_file(shard)
+        if actual != sha256:
+            raise ShardError(f"checksum mismatch with {INDEX_NAME} (expected {sha256[:12]}…, got "
+                             f"{actual[:12]}…): the file is corrupt or was changed; re-create the "
+                             "corpus", shard=shard)
+    last = None
+    try:
+        with open(shard, "rb") as fh:
+            files = wds.tariterators.tar_file_iterator(fh)
+            files = ({**f, "__url__": shard} for f in files)
+            for sample in wds.tariterators.group_by_keys(files):
+                last = sample["__key__"]
+                yield sample
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        after = f" after sample {last}" if last else ""
+        raise ShardError(f"corrupt or truncated tar{after} ({exc}); re-create the shard",
+                         shard=shard) from exc
+
+
+def _decode_image(data: bytes, where: tuple[str, str, str], mode: str | None = None) -> np.ndarray:
+    try:
+        img = Image.open(io.BytesIO(data))
+        if mode is not None and img.mode != mode:
+            img = img.convert(mode)
+        return np.asarray(img)
+    except Exception as exc:  # PIL raises many types for broken files
+        raise ShardError(f"undecodable image ({exc})", shard=where[0], key=where[1],
+                         field=where[2]) from exc
+
+
+def decode_depth_bits(data: bytes, where: tuple[str, str, str] = ("?", "?", "depth")) -> np.ndarray:
+    """The uint16 float16-bit patterns of a ``float16-png16`` depth payload (crop these first,
+    then :func:`bits_to_depth`, to convert only the pixels in use)."""
+    bits = _decode_image(data, where)
+    if bits.dtype != np.uint16:  # PIL may widen 16-bit PNGs to int32 ("I" mode)
+        bits = bits.astype(np.uint16)
+    return bits
+
+
+def bits_to_depth(bits: np.ndarray) -> np.ndarray:
+    """float32 depth of float16 bit patterns (uint16)."""
+    return bits.view(np.float16).astype(np.float32)
+
+
+def decode_depth(data: bytes, where: tuple[str, str, str] = ("?", "?", "depth")) -> np.ndarray:
+    """float32 depth of a ``float16-png16`` payload."""
+    return bits_to_depth(decode_depth_bits(data, where))
+
+
+def parse_header(sample: dict[str, Any]) -> dict:
+    """The parsed ``meta.json`` of a raw sample, checked for format version and frame count."""
+    shard, key = sample.get("__url__"), sample.get("__key__")
+    if "meta.json" not in sample:
+        raise ShardError("missing meta.json", shard=shard, key=key, field="meta.json")
+    try:
+        header = json.loads(sample["meta.json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ShardError(f"meta.json is not valid JSON ({exc})", shard=shard, key=key,
+                         field="meta.json") from exc
+    for k in ("format_version", "num_frames", "meta", "intrinsics", "extrinsics"):
+        if k not in header:
+            raise ShardError(f"meta.json lacks {k!r}", shard=shard, key=key, field=f"meta.json:{k}")
+    if header["format_version"] > FORMAT_VERSION:
+        raise ShardError(f"format version {header['format_version']} is newer than this reader's "
+                         f"{FORMAT_VERSION}; update gemdepth", shard=shard, key=key)
+    return header
+
+
+def _frame_field(sample: dict, name: str, i: int, ext: str) -> bytes:
+    suffix = f"{name}.{i:04d}.{ext}"
+    if suffix not in sample:
+        raise ShardError(f"frame {i} missing ({suffix})", shard=sample.get("__url__"),
+                         key=sample.get("__key__"), field=name)
+    return sample[suffix]
+
+
+def decode_sample(
+    sample: dict[str, Any],
+    frames: Sequence[int] | np.ndarray | None = None,
+    validate: bool = True,
+    lazy: bool = False,
+) -> dict:
+    """Clip dict of a raw sample, decoding only ``frames`` (positions in the clip) if given.
+
+    ``lazy=True`` leaves ``rgb``, ``depth`` and masks as lists of undecoded per-frame payloads
+    (JPEG, float16-PNG, PNG) for callers that crop before converting (the DataModule); the
+    cameras and meta are still checked, pixel values are then the caller's to check. Every
+    frame's files must be present either way. Schema problems raise :class:`ShardError`
+    naming shard, key and field.
+    """
+    shard, key = sample.get("__url__"), sample.get("__key__")
+    header = parse_header(sample)
+    t = int(header["num_frames"])
+    sel = np.arange(t) if frames is None else np.asarray(frames, dtype=np.int64)
+    if sel.size == 0 or sel.min() < 0 or sel.max() >= t:
+        raise ShardError(f"frame selection {sel.tolist()} outside 0..{t - 1}", shard=shard, key=key)
+    masks = list(header.get("masks", []))
+    fields = {"rgb": "jpg", "depth": "png", **{m: "png" for m in masks}}
+    payloads = {name: [_frame_field(sample, name, i, ext) for i in range(t)]  # all must exist
+                for name, ext in fields.items()}
+    meta = dict(header["meta"])
+    per_frame = set(PER_FRAME_META) | set(meta.get("per_frame_keys", []))
+    for k in per_frame:
+        if isinstance(meta.get(k), list) and len(meta[k]) == t:
+            meta[k] = [meta[k][i] for i in sel]
+    try:
+        intr = np.asarray(header["intrinsics"], dtype=np.float32)[sel]
+        extr = header["extrinsics"]
+        extr = None if extr is None else np.asarray(extr, dtype=np.float32)[sel]
+    except (ValueError, IndexError, TypeError) as exc:
+        raise ShardError(f"camera arrays in meta.json are malformed ({exc})", shard=shard, key=key,
+                         field="intrinsics/extrinsics") from exc
+    clip: dict[str, Any] = {"intrinsics": intr, "extrinsics": extr}
+    if lazy:
+        for name in fields:
+            clip[name] = [payloads[name][i] for i in sel]
+    else:
+        clip["rgb"] = np.stack([_decode_image(payloads["rgb"][i], (shard, key, "rgb"), "RGB")
+                                for i in sel])
+        clip["depth"] = np.stack([decode_depth(payloads["depth"][i], (shard, key, "depth"))
+                                  for i in sel])
+        for m in masks:
+            clip[m] = np.stack([_decode_image(payloads[m][i], (shard, key, m)).astype(bool)
+                                for i in sel])
+    clip["meta"] = meta
+    clip["__key__"] = key
+    clip["__shard__"] = shard
+    if validate:
+        try:
+            if lazy:  # cameras and meta only; shapes from the stored image size
+                size = tuple(int(v) for v in meta.get("image_size", (0, 0)))
+                validate_clip({
+                    "rgb": np.broadcast_to(np.zeros((1, 1, 1, 3), np.uint8), (len(sel), *size, 3)),
+                    "depth": np.broadcast_to(np.zeros((1, 1, 1), np.float32), (len(sel), *size)),
+                    "intrinsics": intr, "extrinsics": extr, "meta": meta}, check_values=False)
+            else:
+                validate_clip(clip)
+        except ClipError as exc:
+            raise ShardError(str(exc), shard=shard, key=key, field=exc.field) from exc
+    return clip
+
+
+def read_clips(path: PathLike | Sequence[PathLike], validate: bool = True,
+               verify: bool = True) -> Iterator[dict]:
+    """Clip dicts (INTERFACES.md) from a shard, a corpus folder, folders of corpora or a brace
+    pattern, in stored order.
+
+    Each clip also carries ``__key__`` and ``__shard__``. ``verify`` checks each shard's sha256
+    against its ``index.json`` before reading; ``validate`` checks each clip against the schema.
+    Errors name the shard, sample and field.
+    """
+    for shard, digest in resolve_shards(path):
+        for sample in iter_raw_samples(shard, digest if verify else None):
+            yield decode_sample(sample, validate=validate)
+
+
+def _concat_sequence(clips: list[dict]) -> dict:
+    """One sequence of overlapping or adjacent clips, frames sorted and de-duplicated."""
+    idx = np.concatenate([np.asarray(c["meta"]["frame_indices"]) for c in clips])
+    _, first = np.unique(idx, return_index=True)  # first occurrence of each frame, sorted
+    out: dict[str, Any] = {}
+    for field in ("rgb", "depth", "intrinsics"):
+        out[field] = np.concatenate([c[field] for c in clips])[first]
+    has_pose = clips[0]["extrinsics"] is not None
+    out["extrinsics"] = np.concatenate([c["extrinsics"] for c in clips])[first] if has_pose else None
+    for m in MASK_FIELDS:
+        if all(c.get(m) is not None for c in clips):
+            out[m] = np.concatenate([c[m] for c in clips])[first]
+    meta = dict(clips[0]["meta"])
+    per_frame = set(PER_FRAME_META) | set(meta.get("per_frame_keys", []))
+    for k in per_frame:
+        if all(isinstance(c["meta"].get(k), list) and len(c["meta"][k]) == len(c["depth"])
+               for c in clips):
+            merged = [v for c in clips for v in c["meta"][k]]
+            meta[k] = [merged[i] for i in first]
+    meta["clip_keys"] = [c["__key__"] for c in clips]
+    out["meta"] = meta
+    out["__key__"] = clips[0]["__key__"]
+    return out
+
+
+def read_sequences(path: PathLike | Sequence[PathLike], validate: bool = True,
+                   verify: bool = True) -> Iterator[dict]:
+    """Whole sequences: the clips of each sequence concatenated in frame order (same keys as a
+    clip; overlapping frames kept once; ``meta["clip_keys"]`` lists the clips used).
+
+    Clips of one sequence must be stored consecutively, as :func:`write_corpus` does for
+    converters that emit sequences in order; a sequence that reappears later raises.
+    """
+    done: set[tuple[str, str]] = set()
+    group: list[dict] = []
+    for clip in read_clips(path, validate=validate, verify=verify):
+        ident = (clip["meta"]["corpus"], clip["meta"]["sequence"])
+        if group and ident != (group[0]["meta"]["corpus"], group[0]["meta"]["sequence"]):
+            done.add((group[0]["meta"]["corpus"], group[0]["meta"]["sequence"]))
+            yield _concat_sequence(group)
+            group = []
+        if ident in done:
+            raise ShardError(f"sequence {ident[1]!r} of corpus {ident[0]!r} reappears after other "
+                             "sequences; its clips must be stored consecutively",
+                             shard=clip["__shard__"], key=clip["__key__"])
+        group.append(clip)
+    if group:
+        yield _concat_sequence(group)
