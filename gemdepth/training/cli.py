@@ -1,0 +1,182 @@
+"""``gemdepth fit|validate|test|predict``: LightningCLI over :class:`GemDepthTask` and a DataModule.
+
+The model is :class:`GemDepthTask` (no subclass mode). The data argument is a subclass of
+``LightningDataModule`` defaulting to ``gemdepth.data.datamodule.VideoDataModule``, whose init
+args configs give flat (``data: {train_sources: ..., batch_size: 1}``); an evaluation config
+swaps in ``gemdepth.evaluation.datamodule.EvalDataModule`` with ``data: {class_path: ...}``.
+
+What this adds to plain LightningCLI:
+
+* ``--ckpt PATH`` is an alias of ``--ckpt_path PATH``;
+* every checkpoint embeds the run's full config (``checkpoint["gemdepth_config"]``), and
+  ``validate``/``test``/``predict`` with a checkpoint file start from that config, so
+  ``gemdepth test --ckpt run.ckpt`` needs no other flag (later ``-c``/flags still override);
+* a checkpoint given to ``validate``/``test``/``predict`` (or an existing file given to ``fit``)
+  supersedes ``model.init_weights``, which is then not loaded;
+* SIGTERM during ``fit`` saves ``last.ckpt`` before exiting (resume with ``--ckpt_path last``);
+  the command then returns 143 (128 + SIGTERM).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import signal
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from gemdepth.training.callbacks import CONFIG_KEY, EmbedConfig, SigtermCheckpoint
+from gemdepth.training.task import GemDepthTask
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GemDepthCLI", "run_lightning_cli", "embedded_config"]
+
+EVAL_COMMANDS = ("validate", "test", "predict")
+
+
+class GemDepthCLI(LightningCLI):
+    """LightningCLI that embeds its config in checkpoints and skips ``init_weights`` on restore."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.embed_callback = EmbedConfig()
+        defaults = dict(kwargs.pop("trainer_defaults", None) or {})
+        defaults["callbacks"] = [self.embed_callback, SigtermCheckpoint()]
+        super().__init__(*args, trainer_defaults=defaults, **kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.subcommand
+        if sub is None:
+            return
+        parser = self._parser(sub)
+        self.embed_callback.config = yaml.safe_load(parser.dump(self.config[sub], skip_none=False))
+        ckpt = self.config[sub].get("ckpt_path")
+        restoring = bool(ckpt) and (sub in EVAL_COMMANDS or Path(str(ckpt)).is_file())
+        if restoring and self.config[sub].get("model.init_weights"):
+            log.info("weights come from %s; model.init_weights is not loaded", ckpt)
+            self.config[sub]["model.init_weights"] = None
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        # data is a subclass argument defaulting to VideoDataModule: configs give its init args
+        # flat, and `-c configs/eval/<benchmark>.yaml` swaps in the EvalDataModule by class_path
+        parser.set_defaults({"data": {"class_path": "gemdepth.data.datamodule.VideoDataModule"}})
+
+    def _require_split(self, split: str, hint: str) -> None:
+        from gemdepth.data.datamodule import VideoDataModule
+
+        if not isinstance(self.datamodule, VideoDataModule):
+            return  # e.g. the evaluation DataModule: it knows its own data
+        hp = self.datamodule.hparams
+        sources = hp.get(f"{split}_sources")
+        if split == "val" and not sources:
+            sources = hp.get("holdout_shards") and hp.get("train_sources")
+        if not sources:
+            print(f"gemdepth {self.subcommand}: no {split} data: {hint}", file=sys.stderr)
+            raise SystemExit(2)
+
+    def before_validate(self) -> None:
+        self._require_split("val", "set data.val_sources (or data.holdout_shards with train_sources)")
+
+    def before_test(self) -> None:
+        self._require_split("test", "set data.test_sources, e.g. -c configs/eval/<benchmark>.yaml")
+
+    def before_predict(self) -> None:
+        from lightning.pytorch import LightningDataModule
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+
+        if self.datamodule is None or not is_overridden("predict_dataloader", self.datamodule, LightningDataModule):
+            print(
+                f"gemdepth predict: {type(self.datamodule).__name__} has no predict_dataloader; "
+                "for videos and frame folders use `gemdepth infer INPUT --ckpt CKPT`",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+
+
+def embedded_config(ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The run config a gemdepth checkpoint embeds (``None`` for checkpoints without one)."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # not a (zip) torch checkpoint: Lightning reports it when it loads it
+        log.debug("no embedded config in %s: %s", ckpt_path, err)
+        return None
+    cfg = ckpt.get(CONFIG_KEY) if isinstance(ckpt, dict) else None
+    return copy.deepcopy(cfg) if isinstance(cfg, dict) else None
+
+
+def _normalise_args(args: Sequence[str]) -> list[str]:
+    """``--ckpt X`` / ``--ckpt=X`` → ``--ckpt_path X``."""
+    out = []
+    for arg in args:
+        if arg == "--ckpt":
+            out.append("--ckpt_path")
+        elif arg.startswith("--ckpt="):
+            out.append("--ckpt_path=" + arg[len("--ckpt="):])
+        else:
+            out.append(arg)
+    return out
+
+
+def _arg_value(args: Sequence[str], name: str) -> str | None:
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1:]
+    return value
+
+
+def _has_config(args: Sequence[str]) -> bool:
+    return any(a in ("-c", "--config") or a.startswith("--config=") for a in args)
+
+
+def run_lightning_cli(args: Sequence[str]) -> int:
+    """Run ``gemdepth <fit|validate|test|predict> ...``; returns a process exit code."""
+    args = _normalise_args(args)
+    if not args:
+        args = ["--help"]
+    sub = args[0]
+    ckpt = _arg_value(args, "--ckpt_path")
+    with tempfile.TemporaryDirectory(prefix="gemdepth-cli-") as tmp:
+        if ckpt and Path(ckpt).is_file() and (sub in EVAL_COMMANDS or (sub == "fit" and not _has_config(args))):
+            cfg = embedded_config(ckpt)
+            if cfg is not None:
+                cfg.pop("ckpt_path", None)
+                if sub != "fit":
+                    cfg.get("model", {}).pop("init_weights", None)
+                path = Path(tmp) / "embedded_config.yaml"
+                path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+                args = [sub, "--config", str(path), *args[1:]]
+        try:
+            from lightning.pytorch import LightningDataModule
+
+            # argv is kept (DDP re-launches ranks from it), so passing args too is intended here
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+
+            GemDepthCLI(
+                GemDepthTask,
+                LightningDataModule,
+                subclass_mode_model=False,
+                subclass_mode_data=True,
+                auto_configure_optimizers=False,
+                seed_everything_default=0,
+                save_config_kwargs={"overwrite": True},
+                args=args,
+            )
+        except SIGTERMException:
+            return 128 + int(signal.SIGTERM)
+        except SystemExit as exc:
+            code = exc.code
+            return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
