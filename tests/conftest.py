@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Idle OpenMP threads must not spin: on 2 shared cores spinning made tiny ops many times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("GEMDEPTH_SHARED", REPO_ROOT.parent / "shared"))

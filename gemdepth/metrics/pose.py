@@ -206,7 +206,7 @@ class F1Score(AlignedSequenceMetric):
         pose_alignment: Literal["umeyama", "first_frame"] = "umeyama",
         nn: Literal["auto", "brute", "pruned"] = "auto",
         brute_force_max: int = 1 << 26,
-        chunk_elems: int = 1 << 24,
+        chunk_elems: int = 1 << 20,
         return_components: bool = False,
         chunk_frames: int = 32,
         **kwargs: Any,

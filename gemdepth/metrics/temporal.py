@@ -311,8 +311,8 @@ def chamfer_pairs(
     sel: Tensor,
     *,
     nn: Literal["auto", "brute", "pruned"] = "auto",
-    brute_force_max: int = 1 << 22,
-    chunk_elems: int = 1 << 24,
+    brute_force_max: int = 1 << 26,
+    chunk_elems: int = 1 << 20,
     pair_chunk: int = 16,
 ) -> tuple[Tensor, Tensor]:
     """Chamfer distance ``d_CD(P_t, P_{t+1})`` of consecutive clouds (Eq. 6).
@@ -369,8 +369,8 @@ class TCD(AlignedSequenceMetric):
         seed: subsampling seed (the choice depends only on seed and frame index).
         points: ``valid`` (pixels with valid ground truth, default) or ``all`` pixels.
         nn: nearest-neighbour search, ``auto``/``brute``/``pruned`` (all exact).
-        brute_force_max: ``auto`` uses brute force while ``N² ≤`` this (2²²: up to 2048
-            points per frame; the pruned search wins above, ~2.6× at 8192 points on CPU).
+        brute_force_max: ``auto`` uses brute force while ``N² ≤`` this (2²⁶: up to 8192
+            points per frame, where the two break even on CPU; above, the pruned search wins).
         chunk_elems: largest distance block held in memory (memory bound of the search).
         pair_chunk: frame pairs searched at once with brute force.
     """
@@ -394,8 +394,8 @@ class TCD(AlignedSequenceMetric):
         seed: int = 0,
         points: Literal["valid", "all"] = "valid",
         nn: Literal["auto", "brute", "pruned"] = "auto",
-        brute_force_max: int = 1 << 22,
-        chunk_elems: int = 1 << 24,
+        brute_force_max: int = 1 << 26,
+        chunk_elems: int = 1 << 20,
         pair_chunk: int = 16,
         chunk_frames: int = 32,
         **kwargs: Any,
