@@ -218,7 +218,12 @@ def clear_alignment_cache() -> None:
 
 def _key(pred: Tensor, gt: Tensor, valid: Tensor | None, config: AlignConfig) -> tuple:
     tensors = (pred, gt) if valid is None else (pred, gt, valid)
-    return tuple((id(x), x._version) for x in tensors) + (config,)
+    # Inference-mode tensors (Lightning's validate/test) keep no version counter; their data
+    # pointer and shape still identify them while they are alive.
+    return tuple(
+        (id(x), x.data_ptr(), -1) if x.is_inference() else (id(x), x.data_ptr(), x._version)
+        for x in tensors
+    ) + (config,)
 
 
 def align_sequence(
