@@ -25,6 +25,20 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _option(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"options look like key=value, got {text!r}")
@@ -62,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
                          help="contact-sheet PNG (default: <first corpus>_contact.png here)")
     inspect.add_argument("--no-verify", action="store_true", help="skip sha256 checks")
     inspect.add_argument("--frames", type=int, default=8, help="frames on the contact sheet")
+    inspect.add_argument("--check", type=_count, default=2, metavar="N",
+                         help="geometry check (depth reprojected with the stored poses) on the "
+                              "first N clips of every pose-annotated metric corpus; 0: off")
+    inspect.add_argument("--check-gap", type=_positive, default=1, metavar="G",
+                         help="frame gap of the checked pairs (larger shows convention errors "
+                              "on slow cameras; capped at clip length - 1)")
+    inspect.add_argument("--strict", action="store_true",
+                         help="exit 1 when a checked clip fails the geometry check")
 
     convert = sub.add_parser("convert", help="convert a published corpus layout into shards")
     convert.add_argument("format", help="converter name, e.g. tum, sintel, vkitti2")
@@ -144,6 +166,30 @@ class _Stats:
         self.poses: set[bool] = set()
         self.lo = {k: np.inf for k in ("depth", "fx", "step", "sky", "valid")}
         self.hi = {k: -np.inf for k in self.lo}
+        self.checks: list[str] = []  # format_report paragraphs of the geometry check
+        self.checked = 0
+        self.failed = 0
+        self.uncheckable = 0
+
+    def wants_check(self, clip: dict, limit: int) -> bool:
+        """Whether this clip is among the first ``limit`` checkable ones (poses, metric depth)."""
+        return (self.checked + self.uncheckable < limit and clip["extrinsics"] is not None
+                and clip["meta"]["depth_kind"] == "metric")
+
+    def check(self, clip: dict, gap: int) -> None:
+        """Run the geometry check on a clip and keep its report."""
+        from gemdepth.data.consistency import check_clip, format_report
+
+        key = clip.get("__key__") or clip["meta"]["sequence"]
+        try:
+            result = check_clip(clip, gap=min(gap, clip["depth"].shape[0] - 1))
+        except ValueError as exc:  # e.g. a one-frame clip has no pair to compare
+            self.uncheckable += 1
+            self.checks.append(f"{key}: not checked ({exc})")
+            return
+        self.checked += 1
+        self.failed += not result["passed"]
+        self.checks.append(format_report(result, key))
 
     def _range(self, key: str, values: np.ndarray) -> None:
         if values.size:
@@ -171,6 +217,15 @@ class _Stats:
             centres = camera_centres(torch.from_numpy(clip["extrinsics"]).double()).numpy()
             self._range("step", np.linalg.norm(np.diff(centres, axis=0), axis=-1))
 
+    def geometry(self) -> str:
+        """The geometry-check verdict line of this corpus ("" when nothing was checkable)."""
+        if not self.checked and not self.uncheckable:
+            return ""
+        verdict = "PASS" if not self.failed else "FAIL"
+        extra = f", {self.uncheckable} not checkable" if self.uncheckable else ""
+        return (f"  geometry check: {verdict}, {self.checked - self.failed}/{self.checked} clips "
+                f"consistent{extra}")
+
     def report(self, name: str) -> str:
         def rng(key: str, fmt: str = ".3g") -> str:
             if self.lo[key] == np.inf:
@@ -185,7 +240,7 @@ class _Stats:
             f"  depth (valid px) {rng('depth')}, valid fraction/clip {rng('valid', '.2f')}, "
             f"sky fraction/clip {rng('sky', '.2f')}",
             f"  fx {rng('fx', '.1f')} px, camera step/frame {rng('step')} (pose units)",
-        ])
+        ] + [line for line in [self.geometry()] if line])
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -210,11 +265,19 @@ def _inspect(args: argparse.Namespace) -> int:
                 except ShardError as exc:
                     errors.append(str(exc))
                     continue
-                stats[clip["meta"]["corpus"]].add(clip)
+                corpus = stats[clip["meta"]["corpus"]]
+                corpus.add(clip)
+                if corpus.wants_check(clip, args.check):
+                    corpus.check(clip, args.check_gap)
                 if sheet_clip is None:
                     sheet_clip = clip
         except ShardError as exc:
             errors.append(str(exc))
+    for name in sorted(stats):
+        if stats[name].checks:
+            print(f"geometry check of {name} (depth warped with the stored poses, gap "
+                  f"{args.check_gap}):")
+            print("\n".join("  " + line.replace("\n", "\n  ") for line in stats[name].checks))
     for name in sorted(stats):
         print(stats[name].report(name))
     if sheet_clip is not None:
@@ -222,12 +285,21 @@ def _inspect(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(contact_sheet(sheet_clip, args.frames)).save(out)
         print(f"contact sheet of {sheet_clip['__key__']}: {out}")
+    checked = sum(s.checked for s in stats.values())
+    failed = sum(s.failed for s in stats.values())
+    if checked:
+        print(f"geometry check: {checked - failed}/{checked} checked clips consistent"
+              + (f", {failed} FAILED (poses, intrinsics or depth units disagree)" if failed else ""))
     if errors:
         print(f"{len(errors)} problem(s):", file=sys.stderr)
         for line in errors:
             print(f"  {line}", file=sys.stderr)
         return 1
     print(f"all {sum(s.clips for s in stats.values())} clips valid")
+    if failed and args.strict:
+        print(f"gemdepth data inspect: {failed} clip(s) failed the geometry check (--strict)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -168,14 +168,14 @@ class ClipStream(IterableDataset):
     ``train=True``: endless resampled mix of sources, ``batches_per_epoch`` per rank (split
     over workers), random shape per batch, stride, crop offset and flip. ``train=False``:
     one deterministic pass over each source's shards, first ``clip_length`` frames at stride
-    1, centre crop at ``eval_size``.
+    1 (every stored frame with ``whole_clips``), centre crop at ``eval_size``.
     """
 
     def __init__(self, sources: Sequence[SourceSpec], *, train: bool, batch_size: int,
                  clip_length: int, stride_range: tuple[int, int], short_side: int,
                  sizes: Sequence[tuple[int, int]], eval_size: tuple[int, int],
                  crop_jitter: float, hflip_prob: float, samples_per_epoch: int, seed: int,
-                 shuffle_buffer: int) -> None:
+                 shuffle_buffer: int, whole_clips: bool = False) -> None:
         super().__init__()
         if not sources:
             raise ValueError("ClipStream needs at least one source")
@@ -192,6 +192,7 @@ class ClipStream(IterableDataset):
         self.samples_per_epoch = samples_per_epoch
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
+        self.whole_clips = whole_clips
         self.epoch = 0
         weights = np.array([s.weight for s in self.sources], np.float64)
         self._probs = weights / weights.sum()
@@ -279,6 +280,8 @@ class ClipStream(IterableDataset):
 
     # ------------------------------------------------------------------ one clip
     def _frames(self, n_frames: int, rng: np.random.Generator | None) -> np.ndarray:
+        if rng is None and self.whole_clips:
+            return np.arange(n_frames)
         n = self.clip_length
         if n_frames < n:
             raise _Skip("too_short", f"clip has {n_frames} frames, need clip_length={n}")
@@ -472,6 +475,8 @@ class VideoDataModule(pl.LightningDataModule):
         val_sources: the same for validation (held-out shards); default: the last
             ``holdout_shards`` shards of every training source, if set.
         test_sources: the same for testing.
+        predict_sources: the same for ``gemdepth predict`` (default: ``test_sources``, else the
+            validation sources); every stored clip whole, one clip per batch.
         holdout_shards: shards per training source kept out of training for validation.
         batch_size: clips per batch (per rank).
         eval_batch_size: clips per validation/test batch (default: ``batch_size``).
@@ -497,6 +502,7 @@ class VideoDataModule(pl.LightningDataModule):
         train_sources: dict[str, dict[str, Any] | str] | None = None,
         val_sources: dict[str, dict[str, Any] | str] | None = None,
         test_sources: dict[str, dict[str, Any] | str] | None = None,
+        predict_sources: dict[str, dict[str, Any] | str] | None = None,
         holdout_shards: int = 0,
         batch_size: int = 1,
         eval_batch_size: int | None = None,
@@ -531,6 +537,7 @@ class VideoDataModule(pl.LightningDataModule):
             "train": parse_sources(train_sources, defaults),
             "val": parse_sources(val_sources, defaults),
             "test": parse_sources(test_sources, defaults),
+            "predict": parse_sources(predict_sources, defaults),
         }
         self._resolved: dict[str, list[SourceSpec]] = {}
         self.skipped: Counter[str] = Counter()
@@ -556,8 +563,9 @@ class VideoDataModule(pl.LightningDataModule):
                 held.append(SourceSpec(**{**spec.__dict__, "shards": out}))
             if not val:
                 val = held
-        self._resolved = {"train": train, "val": val,
-                          "test": [_resolve(s) for s in self._specs["test"]]}
+        test = [_resolve(s) for s in self._specs["test"]]
+        predict = [_resolve(s) for s in self._specs["predict"]] or test or val
+        self._resolved = {"train": train, "val": val, "test": test, "predict": predict}
 
     def _stream(self, split: str) -> ClipStream | None:
         self.setup()
@@ -565,14 +573,17 @@ class VideoDataModule(pl.LightningDataModule):
         if not sources:
             return None
         hp = self.hparams
+        if split == "predict":
+            batch_size = 1  # whole clips may differ in length; long ones are windowed per clip
+        else:
+            batch_size = hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size)
         return ClipStream(
-            sources, train=split == "train",
-            batch_size=hp.batch_size if split == "train" else (hp.eval_batch_size or hp.batch_size),
+            sources, train=split == "train", batch_size=batch_size,
             clip_length=hp.clip_length, stride_range=tuple(hp.stride_range),
             short_side=hp.short_side, sizes=self.sizes, eval_size=self.eval_size,
             crop_jitter=hp.crop_jitter, hflip_prob=hp.hflip_prob,
             samples_per_epoch=hp.samples_per_epoch, seed=hp.seed,
-            shuffle_buffer=hp.shuffle_buffer)
+            shuffle_buffer=hp.shuffle_buffer, whole_clips=split == "predict")
 
     def _loader(self, split: str) -> DataLoader | list:
         stream = self._stream(split)
@@ -599,6 +610,11 @@ class VideoDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader | list:
         """One deterministic pass over the test shards (``[]`` when there are none)."""
         return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader | list:
+        """One deterministic pass over the predict sources (default: test, else val): every
+        stored clip whole (all its frames), centre-cropped at ``eval_size``, one per batch."""
+        return self._loader("predict")
 
     # ------------------------------------------------------------------ skip counters
     def _count(self, delta: Mapping[str, int]) -> None:

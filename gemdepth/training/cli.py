@@ -14,7 +14,10 @@ What this adds to plain LightningCLI:
 * a checkpoint given to ``validate``/``test``/``predict`` (or an existing file given to ``fit``)
   supersedes ``model.init_weights``, which is then not loaded;
 * SIGTERM during ``fit`` saves ``last.ckpt`` before exiting (resume with ``--ckpt_path last``);
-  the command then returns 143 (128 + SIGTERM).
+  the command then returns 143 (128 + SIGTERM);
+* ``predict`` writes one ``<clip key>.npz`` per clip (:class:`ClipPredictionWriter`) into
+  ``--predict_dir`` (default ``<log dir>/predictions``) and keeps no predictions in memory
+  (``--return_predictions true`` to keep them).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import yaml
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gemdepth.training.callbacks import CONFIG_KEY, EmbedConfig, SigtermCheckpoint
+from gemdepth.training.callbacks import CONFIG_KEY, ClipPredictionWriter, EmbedConfig, SigtermCheckpoint
 from gemdepth.training.task import GemDepthTask
 
 log = logging.getLogger(__name__)
@@ -46,12 +49,14 @@ EVAL_COMMANDS = ("validate", "test", "predict")
 
 
 class GemDepthCLI(LightningCLI):
-    """LightningCLI that embeds its config in checkpoints and skips ``init_weights`` on restore."""
+    """LightningCLI that embeds its config in checkpoints, skips ``init_weights`` on restore and
+    writes ``predict``'s outputs to files."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.embed_callback = EmbedConfig()
+        self.prediction_writer = ClipPredictionWriter()  # acts in `predict` only
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
-        defaults["callbacks"] = [self.embed_callback, SigtermCheckpoint()]
+        defaults["callbacks"] = [self.embed_callback, SigtermCheckpoint(), self.prediction_writer]
         super().__init__(*args, trainer_defaults=defaults, **kwargs)
 
     def before_instantiate_classes(self) -> None:
@@ -60,6 +65,7 @@ class GemDepthCLI(LightningCLI):
             return
         parser = self._parser(sub)
         self.embed_callback.config = yaml.safe_load(parser.dump(self.config[sub], skip_none=False))
+        self.prediction_writer.output_dir = self.config[sub].get("predict_dir")
         ckpt = self.config[sub].get("ckpt_path")
         restoring = bool(ckpt) and (sub in EVAL_COMMANDS or Path(str(ckpt)).is_file())
         if restoring and self.config[sub].get("model.init_weights"):
@@ -70,6 +76,9 @@ class GemDepthCLI(LightningCLI):
         # data is a subclass argument defaulting to VideoDataModule: configs give its init args
         # flat, and `-c configs/eval/<benchmark>.yaml` swaps in the EvalDataModule by class_path
         parser.set_defaults({"data": {"class_path": "gemdepth.data.datamodule.VideoDataModule"}})
+        parser.add_argument("--predict_dir", type=str | None, default=None,
+                            help="gemdepth predict: folder of the per-clip .npz files "
+                                 "(default: <log dir>/predictions)")
 
     def _require_split(self, split: str, hint: str) -> None:
         from gemdepth.data.datamodule import VideoDataModule
@@ -77,8 +86,10 @@ class GemDepthCLI(LightningCLI):
         if not isinstance(self.datamodule, VideoDataModule):
             return  # e.g. the evaluation DataModule: it knows its own data
         hp = self.datamodule.hparams
-        sources = hp.get(f"{split}_sources")
-        if split == "val" and not sources:
+        # the DataModule's fallbacks: predict -> test -> val; val -> hold-out shards of training
+        order = {"predict": ("predict", "test", "val")}.get(split, (split,))
+        sources = next((hp.get(f"{s}_sources") for s in order if hp.get(f"{s}_sources")), None)
+        if "val" in order and not sources:
             sources = hp.get("holdout_shards") and hp.get("train_sources")
         if not sources:
             print(f"gemdepth {self.subcommand}: no {split} data: {hint}", file=sys.stderr)
@@ -101,6 +112,11 @@ class GemDepthCLI(LightningCLI):
                 file=sys.stderr,
             )
             raise SystemExit(2)
+        self._require_split("predict", "set data.predict_sources (or data.test_sources / data.val_sources); "
+                            "for videos and frame folders use `gemdepth infer INPUT --ckpt CKPT`")
+        if self.config_init[self.subcommand].get("return_predictions") is None:
+            # the writer callback stores every clip; keeping them all in memory too would grow without bound
+            self.config_init[self.subcommand]["return_predictions"] = False
 
 
 def embedded_config(ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
@@ -163,6 +179,8 @@ def run_lightning_cli(args: Sequence[str]) -> int:
 
             # argv is kept (DDP re-launches ranks from it), so passing args too is intended here
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            # streamed clips have no sampler indices; the prediction writer names files by clip key
+            warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
 
             GemDepthCLI(
                 GemDepthTask,

@@ -374,9 +374,20 @@ class GemDepthTask(LightningModule):
         self._log_metrics("test", self.test_metrics)
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Depth ``(B, T, H, W)`` (relative disparity) and, with GEM, cameras, plus the clip keys."""
+        """Depth ``(B, T, H, W)`` (relative disparity) and, with GEM, cameras, plus the clip keys.
+
+        Clips longer than the model's temporal window go clip by clip through the windowed
+        inference (which returns no intrinsics); others take one forward.
+        """
         video = batch["video"] if isinstance(batch, Mapping) else batch
-        out = self._predict_clip(video) if video.shape[0] == 1 else self.model(video)
+        limit = self.model.max_frames
+        if limit is not None and video.shape[1] > limit:
+            outs = [self._predict_clip(video[b : b + 1]) for b in range(video.shape[0])]
+            extr = [o.extrinsics for o in outs]
+            out = DepthOutput(depth=torch.cat([o.depth for o in outs]),
+                              extrinsics=torch.cat(extr) if all(e is not None for e in extr) else None)
+        else:
+            out = self.model(video)
         result: dict[str, Any] = {"depth": out.depth.float().cpu()}
         if out.extrinsics is not None:
             result["extrinsics"] = out.extrinsics.float().cpu()

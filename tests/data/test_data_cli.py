@@ -88,3 +88,52 @@ def test_colourise_depth_orders_near_and_far() -> None:
     assert rgb.shape == (1, 4, 3) and rgb.dtype == np.uint8
     assert (rgb[0, 3] == 0).all()  # invalid is black
     assert rgb[0, 0, 0] > rgb[0, 2, 0] and rgb[0, 2, 2] > rgb[0, 0, 2]  # near red, far blue
+
+
+def _static_corpus(out: Path, invert: bool = False) -> None:
+    """Two static synthetic scenes (no moving objects); ``invert``: camera-to-world poses stored
+    where world-to-camera belong (the classic convention error)."""
+    from gemdepth.data import write_corpus
+    from gemdepth.data.synthetic import SynthConfig, iter_synthetic_clips
+
+    clips = list(iter_synthetic_clips(2, frames=4, clip_length=4, size=(40, 48), seed=0,
+                                      config=SynthConfig(moving_fraction=0.0)))
+    if invert:
+        for clip in clips:
+            clip["extrinsics"] = np.linalg.inv(clip["extrinsics"].astype(np.float64)).astype(np.float32)
+    write_corpus(clips, out, "synthetic", progress=False)
+
+
+def test_inspect_geometry_check_passes_a_consistent_corpus(tmp_path: Path, capsys) -> None:
+    _static_corpus(tmp_path / "ok")
+    assert _synth(tmp_path / "free", "--pose-free") == 0  # pose-free: nothing to check
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path), "--out", str(tmp_path / "s.png"), "--strict"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": PASS over 3 pairs (gap 1)") == 2
+    assert "synthetic__scene-000000__0: PASS" in out and "synthetic__scene-000001__0: PASS" in out
+    assert "geometry check: PASS, 2/2 clips consistent" in out
+    assert "geometry check: 2/2 checked clips consistent" in out
+    free = out[out.index("corpus synthetic_posefree"):].split("\n")
+    block = [free[0]] + [line for line in free[1:] if line.startswith("  ")][:3]
+    assert len(block) == 4 and not any("geometry" in line for line in block)  # nothing to check
+
+
+def test_inspect_geometry_check_fails_inverted_poses(tmp_path: Path, capsys) -> None:
+    _static_corpus(tmp_path, invert=True)
+    sheet = str(tmp_path / "s.png")
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path), "--out", sheet, "--check", "1"]) == 0  # report only
+    out = capsys.readouterr().out
+    assert out.count(": FAIL over 3 pairs") == 1 and "median relative disagreement" in out
+    assert "geometry check: FAIL, 0/1 clips consistent" in out
+    assert "geometry check: 0/1 checked clips consistent, 1 FAILED" in out
+
+    assert main(["inspect", str(tmp_path), "--out", sheet, "--strict"]) == 1
+    captured = capsys.readouterr()
+    assert "geometry check: 0/2 checked clips consistent, 2 FAILED" in captured.out
+    assert "2 clip(s) failed the geometry check (--strict)" in captured.err
+
+    assert main(["inspect", str(tmp_path), "--out", sheet, "--strict", "--check", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "geometry check" not in out and "FAIL" not in out and "all 2 clips valid" in out
