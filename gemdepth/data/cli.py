@@ -87,11 +87,11 @@ def _parser() -> argparse.ArgumentParser:
 
     convert = sub.add_parser("convert", help="convert a published corpus layout into shards")
     convert.add_argument("format", help="converter name, e.g. tum, sintel, vkitti2")
-    convert.add_argument("root", type=Path)
-    convert.add_argument("out", type=Path)
-    convert.add_argument("--clip-length", type=int, default=32)
-    convert.add_argument("--stride", type=int, default=1)
-    convert.add_argument("--clips-per-shard", type=int, default=8)
+    convert.add_argument("root", type=Path, help="the corpus in its published layout")
+    convert.add_argument("out", type=Path, help="output folder for the shards and index.json")
+    convert.add_argument("--clip-length", type=int, default=32, help="frames per stored clip")
+    convert.add_argument("--stride", type=int, default=1, help="keep every S-th source frame")
+    convert.add_argument("--clips-per-shard", type=int, default=8, help="clips per .tar shard")
     convert.add_argument("--option", "-o", type=_option, action="append", default=[],
                          help="converter option key=value (repeatable)")
     return parser

@@ -12,22 +12,10 @@ from safetensors.torch import load_file
 import gemdepth
 from gemdepth.models import build_model
 from gemdepth.weights.dav2 import dav2_adapter
+from official_helpers import rel_err, official_key_state
 
 REPO = Path(__file__).resolve().parents[2]
 MINI_YAML = REPO / "tests" / "configs" / "official_mini_dav2.yaml"
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
-
-
-def official_key_state(path: Path) -> dict[str, torch.Tensor]:
-    """A meta-device state dict with the names and shapes of a ``keys/*.txt`` inventory."""
-    state = {}
-    for line in path.read_text().splitlines():
-        name, shape, _dtype = line.split("\t")
-        state[name] = torch.empty(json.loads(shape), device="meta")
-    return state
 
 
 def test_dav2_mini_parity(official_dir: Path) -> None:

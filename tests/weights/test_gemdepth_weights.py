@@ -17,6 +17,7 @@ from gemdepth.weights.common import CheckpointError, load_state_file
 from gemdepth.weights.dav2 import dav2_adapter
 from gemdepth.weights.gemdepth import gemdepth_adapter, plugin_allow_missing
 from gemdepth.weights.vda import vda_adapter
+from official_helpers import official_key_state
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "official_mini_gemdepth.yaml"
 
@@ -44,17 +45,9 @@ def test_full_model_matches_official(official_dir: Path) -> None:
     assert torch.equal(none.extrinsics, out.extrinsics)
 
 
-def _inventory(path: Path) -> dict[str, torch.Tensor]:
-    state = {}
-    for line in path.read_text().splitlines():
-        key, shape, _ = line.split("\t")
-        state[key] = torch.empty(json.loads(shape), device="meta")
-    return state
-
-
 def test_released_gemdepth_keys_all_accounted_for(official_dir: Path) -> None:
     keys_dir = official_dir / "keys"
-    state = _inventory(keys_dir / "gemdepth-vitl.txt")
+    state = official_key_state(keys_dir / "gemdepth-vitl.txt")
     with torch.device("meta"):
         model = build_model("gemdepth-vda-vitl")
     target = {k: v.shape for k, v in model.state_dict().items()}

@@ -15,6 +15,7 @@ from gemdepth.models import PLUGINS
 from gemdepth.models.plugins.base import PlugIn
 from gemdepth.models.presets import resolve_model_config
 from gemdepth.weights import CheckpointError, adapter_for
+from official_helpers import rel_err
 
 REPO = Path(__file__).resolve().parents[2]
 DAV2_YAML = REPO / "tests" / "configs" / "official_mini_dav2.yaml"
@@ -34,10 +35,6 @@ class _Fresh(PlugIn):
 
 if "_test_fresh" not in PLUGINS:
     PLUGINS.register("_test_fresh")(_Fresh)
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
 
 
 def test_adapter_is_chosen_from_the_keys(official_dir: Path) -> None:

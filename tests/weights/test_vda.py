@@ -13,22 +13,10 @@ import gemdepth
 from gemdepth.models import build_model
 from gemdepth.models.temporal import sinusoidal_table
 from gemdepth.weights.vda import vda_adapter
+from official_helpers import rel_err, official_key_state
 
 REPO = Path(__file__).resolve().parents[2]
 MINI_YAML = REPO / "tests" / "configs" / "official_mini_vda.yaml"
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
-
-
-def official_key_state(path: Path) -> dict[str, torch.Tensor]:
-    """A meta-device state dict with the names and shapes of a ``keys/*.txt`` inventory."""
-    state = {}
-    for line in path.read_text().splitlines():
-        name, shape, _dtype = line.split("\t")
-        state[name] = torch.empty(json.loads(shape), device="meta")
-    return state
 
 
 def test_vda_mini_parity(official_dir: Path) -> None:
