@@ -123,8 +123,7 @@ class _Outputs:
         for writer in self.writers:
             out = writer.commit()
             written += [p.name for p in (out if isinstance(out, list) else [out])]
-        if self.fuser is not None:
-            self.fuser.write(self.folder / "points.ply")
+        if self.fuser is not None and self.fuser.write(self.folder / "points.ply"):
             written.append("points.ply")
         return written
 
@@ -227,7 +226,11 @@ def run_source(
         **opts.extra_run_info,
     }
     if out.fuser is not None:
-        info["point_cloud"] = {"voxel": out.fuser.voxel, "points_dropped_out_of_range": out.fuser.dropped_out_of_range}
+        info["point_cloud"] = {
+            "voxel": out.fuser.voxel,
+            "points_dropped_out_of_range": out.fuser.dropped_out_of_range,
+            "frames_without_points": out.fuser.frames_without_points,
+        }
     run_json = folder / "run.json"
     tmp = partial_path(run_json)
     tmp.write_text(json.dumps(info, indent=1, default=str))

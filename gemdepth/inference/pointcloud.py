@@ -70,6 +70,7 @@ class PointCloudFuser:
         self._pending: list[Tensor] = []
         self._pending_n = 0
         self.frames = 0
+        self.frames_without_points = 0  # frames with no positive, finite disparity
         self.dropped_out_of_range = 0
         self.coarsened = 0
 
@@ -88,6 +89,7 @@ class PointCloudFuser:
         valid = torch.isfinite(disp) & (disp > 1e-6)
         if not bool(valid.any()):
             self.frames += 1
+            self.frames_without_points += 1
             return
         z = 1.0 / disp[valid].to(torch.float64)
         median = float(z.median())
@@ -143,8 +145,25 @@ class PointCloudFuser:
         return xyz, rgb
 
     def write(self, path: Path) -> int:
-        """Write the PLY (atomically); returns the number of points."""
+        """Write the PLY (atomically); returns the number of points.
+
+        With no point at all (e.g. an all-zero prediction) nothing is written, a ``points.ply``
+        left by an earlier run at ``path`` is removed (it would pass for this run's), a warning
+        says why, and 0 is returned: an empty PLY would only look like a result.
+        """
         xyz, rgb = self.points()
+        if xyz.shape[0] == 0:
+            stale = Path(path).exists()
+            Path(path).unlink(missing_ok=True)
+            log.warning(
+                "no %s%s: no frame gave a usable point (%d of %d frames have no positive disparity; "
+                "an all-zero prediction usually means random or mismatched weights)",
+                Path(path).name,
+                " (removed the earlier run's)" if stale else "",
+                self.frames_without_points,
+                self.frames,
+            )
+            return 0
         if self.coarsened:
             log.info(
                 "point cloud: voxel size grown %d× to %.4g to keep ≤ %d points",

@@ -344,6 +344,8 @@ def chamfer_pairs(
             bwd = torch.where(sel[ks + 1], d_bwd, 0.0).sum(1) / sel[ks + 1].sum(1).clamp_min(1)
             dist[ks] = fwd + bwd
     else:
+        # one pair at a time: pruned search works on ragged full-resolution clouds (~1e5 points
+        # each), which already saturate the cores; batching pairs would only pad them
         for k in range(pairs):
             if bool(empty[k]):
                 continue

@@ -226,3 +226,31 @@ def test_pipeline_without_cameras(tmp_path: Path) -> None:
         OutputOptions(progress=False),
     )
     assert sorted(p.name for p in (tmp_path / "clip").iterdir()) == ["depth.mp4", "depth.npz", "run.json"]
+
+
+def test_all_zero_prediction_writes_no_point_cloud_and_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model that predicts zero disparity everywhere (random weights): every other output is
+    written, points.ply is not (an earlier run's is removed), and the log says why."""
+
+    class ZeroDepth(FakeVideoModel):
+        def forward(self, video):  # noqa: ANN001, ANN202
+            out = super().forward(video)
+            out.depth = out.depth * 0.0
+            return out
+
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "points.ply").write_bytes(b"earlier run")
+    with caplog.at_level("WARNING", logger="gemdepth.inference.pointcloud"):
+        info = run_source(
+            ZeroDepth().eval(),
+            _ListSource(make_frames(5, 24, 32)),
+            tmp_path,
+            InferenceOptions(input_size=28),
+            OutputOptions(progress=False),
+        )
+    names = sorted(p.name for p in (tmp_path / "clip").iterdir())
+    assert names == ["cameras.json", "cameras.npz", "depth.mp4", "depth.npz", "run.json"]
+    assert "points.ply" not in info["outputs"] and info["point_cloud"]["frames_without_points"] == 5
+    assert "no points.ply (removed the earlier run's): no frame gave a usable point (5 of 5 frames" in caplog.text
