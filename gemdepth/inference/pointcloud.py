@@ -151,14 +151,15 @@ class PointCloudFuser:
         left by an earlier run at ``path`` is removed (it would pass for this run's), a warning
         says why, and 0 is returned: an empty PLY would only look like a result.
         """
+        path = Path(path)
         xyz, rgb = self.points()
         if xyz.shape[0] == 0:
-            stale = Path(path).exists()
-            Path(path).unlink(missing_ok=True)
+            stale = path.exists()
+            path.unlink(missing_ok=True)
             log.warning(
                 "no %s%s: no frame gave a usable point (%d of %d frames have no positive disparity; "
                 "an all-zero prediction usually means random or mismatched weights)",
-                Path(path).name,
+                path.name,
                 " (removed the earlier run's)" if stale else "",
                 self.frames_without_points,
                 self.frames,
