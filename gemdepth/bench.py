@@ -1,11 +1,13 @@
 """``gemdepth bench``: forward-pass speed, memory and FLOPs per preset, resolution and clip length.
 
-Weights are random (nothing is downloaded). FLOPs come from
-:class:`torch.utils.flop_counter.FlopCounterMode` over one forward, which counts
-``scaled_dot_product_attention`` (every backend) as well as matmuls and convolutions; the
-attention share is reported separately so its inclusion is visible. Peak memory is
-``torch.cuda.max_memory_allocated`` on CUDA and the peak resident set size sampled during the
-timed forwards on CPU (process-wide, so it includes the weights and Python itself).
+Weights are random (nothing is downloaded). FLOPs come from :func:`gemdepth.flops.measure_flops`
+over one forward: :class:`torch.utils.flop_counter.FlopCounterMode` for matmuls and convolutions,
+with formulas for every SDPA kernel and the attention share counted from the shapes of each
+``scaled_dot_product_attention`` call, so the figure does not depend on the torch release or the
+kernel it dispatched to; the attention share is reported separately so its inclusion is
+visible. Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and the peak resident set
+size sampled during the timed forwards on CPU (process-wide, so it includes the weights and
+Python itself).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+
+from gemdepth.flops import measure_flops
 
 DEFAULT_PRESETS = ["vda-vits", "gemdepth-vda-vits"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -61,7 +64,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def count_flops(model: nn.Module, video: torch.Tensor, autocast: Any) -> tuple[int, int]:
-    """``(total, attention)`` FLOPs of one forward; attention = the SDPA ops' share.
+    """``(total, attention)`` FLOPs of one forward; attention = the SDPA calls' share.
+
+    Counted by :func:`gemdepth.flops.measure_flops`, right whichever SDPA kernel torch picks.
 
     Parameters are frozen while counting: FlopCounterMode's module tracker hooks autograd and
     trips over views of trainable parameters taken under ``no_grad``.
@@ -70,15 +75,11 @@ def count_flops(model: nn.Module, video: torch.Tensor, autocast: Any) -> tuple[i
     try:
         for p in trainable:
             p.requires_grad_(False)
-        with torch.no_grad(), autocast, FlopCounterMode(display=False) as counter:
-            model(video)
+        with torch.no_grad(), autocast:
+            return measure_flops(lambda: model(video))
     finally:
         for p in trainable:
             p.requires_grad_(True)
-    attention = sum(
-        n for op, n in counter.get_flop_counts().get("Global", {}).items() if "scaled_dot_product" in str(op)
-    )
-    return int(counter.get_total_flops()), int(attention)
 
 
 class _RssSampler:

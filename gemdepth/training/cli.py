@@ -15,6 +15,9 @@ What this adds to plain LightningCLI:
   supersedes ``model.init_weights``, which is then not loaded;
 * SIGTERM during ``fit`` saves ``last.ckpt`` before exiting (resume with ``--ckpt_path last``);
   the command then returns 143 (128 + SIGTERM);
+* every checkpoint is written beside its final name, fsynced and renamed
+  (:class:`~gemdepth.training.checkpoint_io.AtomicCheckpointIO`), so a kill or a full disk
+  mid-save never destroys the previous ``last.ckpt``;
 * ``predict`` writes one ``<clip key>.npz`` per clip (:class:`ClipPredictionWriter`) into
   ``--predict_dir`` (default ``<log dir>/predictions``) and keeps no predictions in memory
   (``--return_predictions true`` to keep them).
@@ -39,6 +42,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gemdepth.training.callbacks import CONFIG_KEY, ClipPredictionWriter, EmbedConfig, SigtermCheckpoint
+from gemdepth.training.checkpoint_io import AtomicCheckpointIO
 from gemdepth.training.task import GemDepthTask
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,11 @@ class GemDepthCLI(LightningCLI):
         if restoring and self.config[sub].get("model.init_weights"):
             log.info("weights come from %s; model.init_weights is not loaded", ckpt)
             self.config[sub]["model.init_weights"] = None
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)
+        return trainer
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         # data is a subclass argument defaulting to VideoDataModule: configs give its init args
@@ -119,12 +128,27 @@ class GemDepthCLI(LightningCLI):
             self.config_init[self.subcommand]["return_predictions"] = False
 
 
+def use_atomic_checkpoints(trainer: Any) -> None:
+    """Swap Lightning's default checkpoint writer for :class:`AtomicCheckpointIO`.
+
+    A writer the user configured (``trainer.plugins``) or a strategy with its own (sharded
+    checkpoints) is left alone.
+    """
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    strategy = trainer.strategy
+    current = getattr(strategy, "_checkpoint_io", None)
+    if current is None or type(current) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+
+
 def embedded_config(ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
     """The run config a gemdepth checkpoint embeds (``None`` for checkpoints without one)."""
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # not a (zip) torch checkpoint: Lightning reports it when it loads it
-        log.debug("no embedded config in %s: %s", ckpt_path, err)
+    except Exception as err:  # unreadable: say so, then fall back to the flags and config files given
+        log.warning("could not read the run config embedded in checkpoint %s (%s: %s); using the command "
+                    "line's config files and defaults instead", ckpt_path, type(err).__name__, err)
         return None
     cfg = ckpt.get(CONFIG_KEY) if isinstance(ckpt, dict) else None
     return copy.deepcopy(cfg) if isinstance(cfg, dict) else None

@@ -351,6 +351,7 @@ class GemDepthTask(LightningModule):
         import warnings
 
         values: dict[str, Tensor] = {}
+        counters: dict[str, float] = {}
         for collection in metrics.values():
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
@@ -359,9 +360,29 @@ class GemDepthTask(LightningModule):
                 val = torch.as_tensor(val, dtype=torch.float32, device=self.device)
                 if torch.isfinite(val).all():
                     values[f"{stage}/{key}"] = val
+            counters.update(self._metric_counters(stage, collection))
             collection.reset()
         if values:
             self.log_dict(values, prog_bar=stage == "val")
+        if counters:  # already summed over ranks by counts(): log from rank 0 without another sync
+            self.log_dict(counters, rank_zero_only=True)
+
+    def _metric_counters(self, stage: str, collection: Any) -> dict[str, float]:
+        """The metrics' diagnostic counters (sequences skipped, frames dropped, ...) as
+        ``<stage>/counts/<metric>/<counter>``; skips and drops are also logged as a warning."""
+        out: dict[str, float] = {}
+        items = collection.items() if hasattr(collection, "items") else [(type(collection).__name__, collection)]
+        for name, metric in items:
+            counts = getattr(metric, "counts", None)
+            if not callable(counts):
+                continue
+            found = counts()  # every rank calls it (it all-reduces)
+            out.update({f"{stage}/counts/{name}/{k}": float(v) for k, v in found.items()})
+            lost = {k: v for k, v in found.items() if v and ("skipped" in k or "dropped" in k or "empty" in k)}
+            if lost and self.trainer.is_global_zero:
+                log.warning("%s %s: %s (see %s/counts/%s/* in the logs)", stage, name,
+                            ", ".join(f"{k}={v}" for k, v in sorted(lost.items())), stage, name)
+        return out
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)

@@ -157,11 +157,11 @@ def test_bad_encoder_specs(spec: object, message: str) -> None:
 
 def test_all_encoder_attention_goes_through_sdpa() -> None:
     """FLOPs of the SDPA ops equal the analytic attention cost of every block (nothing else attends)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from gemdepth.flops import AttentionCalls
 
     enc = DinoV2Encoder(MINI).eval().requires_grad_(False)
     n, length = 2, 1 + 3 * 4
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), AttentionCalls() as attention:
         enc(torch.randn(n, 3, 42, 56))
-    sdpa = sum(v for op, v in counter.get_flop_counts()["Global"].items() if "scaled_dot_product" in str(op))
-    assert sdpa == 4 * n * 2 * length * length * 32 * 4  # 4 blocks, 2 heads of 32
+    assert attention.calls == 4  # one SDPA call per block
+    assert attention.flops == 4 * n * 2 * length * length * 32 * 4  # 4 blocks, 2 heads of 32

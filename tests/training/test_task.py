@@ -237,3 +237,22 @@ def test_clips_longer_than_the_window_use_windowed_inference():
         task.test_step(batch, 0)
     result = task.test_metrics["depth"].compute()
     assert 0.0 <= float(result["Delta1"]) <= 1.0
+
+
+def test_validation_logs_the_metrics_skip_counters(caplog):
+    """A clip without one valid ground-truth pixel is skipped by the metrics: counted, logged, warned."""
+    from training_helpers import BatchList
+
+    task = GemDepthTask(model=tiny_model(), metrics=["AbsRel", "TAE"], image_log_interval=0, warmup_steps=0)
+    empty = make_batch(seed=5)
+    empty["valid"][0] = False  # clip 0 has no valid depth at all
+    val = torch.utils.data.DataLoader(BatchList([make_batch(seed=4), empty]), batch_size=None)
+    trainer = _trainer(steps=1, val_check_interval=1, limit_val_batches=2)
+    with caplog.at_level("WARNING"):
+        trainer.fit(task, train_dataloaders=loader(1), val_dataloaders=val)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if "/counts/" in k}
+    skipped = {k: v for k, v in logged.items() if k.endswith("sequences_skipped")}
+    scored = {k: v for k, v in logged.items() if k.endswith("sequences_scored")}
+    assert skipped and all(v == 1.0 for v in skipped.values()), logged
+    assert scored and all(v == 3.0 for v in scored.values()), logged  # 4 clips, one without depth
+    assert "sequences_skipped=1" in caplog.text
