@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the infer process (OMP_NUM_THREADS)")
     p.add_argument("--json", type=Path, default=None, help="append the results here as JSON lines")
+    p.add_argument("--compile", action="store_true", help="gemdepth infer --compile (torch.compile, inductor)")
+    p.add_argument("--max-memory", default=None, help="gemdepth infer --max-memory (e.g. 512MB, none)")
+    p.add_argument(
+        "--no-encoder-cache", action="store_true", help="re-encode the carried key frames in every window (the before)"
+    )
     args = p.parse_args(argv)
     height, width = (int(v) for v in args.size.split("x"))
 
@@ -90,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                     args.precision,
                     "--no-progress",
                 ]
+                cmd += ["--compile"] if args.compile else []
+                cmd += ["--max-memory", args.max_memory] if args.max_memory else []
+                cmd += ["--no-encoder-cache"] if args.no_encoder_cache else []
                 start = time.perf_counter()
                 subprocess.run(cmd, check=True, env=env)
                 wall = time.perf_counter() - start
@@ -106,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                     "pipeline_seconds": run["seconds"],
                     "wall_seconds_with_startup": round(wall, 1),
                     "peak_rss_mb": run["process_peak_rss_mb"],
+                    "compiled": run.get("compiled", False),
+                    "max_memory_bytes": run.get("max_memory_bytes"),
+                    "encoder_cache": run.get("encoder_cache"),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)

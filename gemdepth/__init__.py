@@ -1,24 +1,39 @@
-"""gemdepth: 3D-consistent video depth estimation (GemDepth) in PyTorch Lightning."""
+"""gemdepth: 3D-consistent video depth estimation (GemDepth) in PyTorch Lightning.
+
+The two entry points of the library, :func:`load_model` (weights → model) and
+:func:`infer_video` (a model over a video of any length, streamed in windows), are the
+implementations themselves, not wrappers: ``help()``, IDEs and ``inspect.signature`` see every
+option with its default and type. They are imported on first use (PEP 562), so
+``import gemdepth`` (and the ``gemdepth`` command's start-up) does not import torch.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:  # static tools and IDEs see the real functions
+    from gemdepth.inference.windowing import infer_video
+    from gemdepth.weights import load_model
 
-def load_model(weights: Any, config: Any = None, device: Any = "cpu", partial: Any = None) -> Any:
-    """Build a model and load weights into it (see :func:`gemdepth.weights.load_model`)."""
-    from gemdepth.weights import load_model as _load_model
-
-    return _load_model(weights, config=config, device=device, partial=partial)
-
-
-def infer_video(model: Any, frames: Any, **kwargs: Any) -> Any:
-    """Stream a video through a model in windows (see :func:`gemdepth.inference.infer_video`)."""
-    from gemdepth.inference import infer_video as _infer_video
-
-    return _infer_video(model, frames, **kwargs)
-
+# public name -> module that defines it (imported on first access)
+_LAZY = {
+    "infer_video": "gemdepth.inference.windowing",
+    "load_model": "gemdepth.weights",
+}
 
 __all__ = ["__version__", "infer_video", "load_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip this hook
+        return value
+    raise AttributeError(f"module 'gemdepth' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

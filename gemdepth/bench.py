@@ -50,6 +50,8 @@ class BenchResult:
     params_m: float
     gflops_per_frame: float
     attn_gflops_per_frame: float
+    compiled: bool = False
+    compile_s: float | None = None  # first (compiling) call, excluded from ms_per_clip
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -131,8 +133,13 @@ def bench_one(
     dtype: str,
     repeats: int,
     warmup: int = 1,
+    compile: bool = False,
 ) -> BenchResult:
-    """Time ``repeats`` forwards of a ``(1, frames, 3, H, W)`` clip after ``warmup`` untimed ones."""
+    """Time ``repeats`` forwards of a ``(1, frames, 3, H, W)`` clip after ``warmup`` untimed ones.
+
+    ``compile``: time ``torch.compile(model)`` (inductor, static shapes); FLOPs are counted on
+    the eager model and the compiling call is timed apart (``compile_s``), never in ``ms_per_clip``.
+    """
     h, w = size
     video = torch.randn(1, frames, 3, h, w, device=device)
     autocast = (
@@ -140,9 +147,22 @@ def bench_one(
     )
     flops, attn = count_flops(model, video, autocast)  # also serves as the first warm-up
     cuda = device.type == "cuda"
+    compile_s = None
+    run: Any = model
+    if compile:
+        from gemdepth.compile import CompiledCall
+
+        torch._dynamo.reset()  # each row compiles its own shapes, never hitting the recompile limit
+        run = CompiledCall(model, f"{preset} forward", dynamic=False)
     with torch.no_grad(), autocast:
+        if compile:
+            start = time.perf_counter()
+            run(video)
+            if cuda:
+                torch.cuda.synchronize(device)
+            compile_s = time.perf_counter() - start
         for _ in range(max(0, warmup - 1)):
-            model(video)
+            run(video)
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -150,7 +170,7 @@ def bench_one(
         with nullcontext() if cuda else _RssSampler() as sampler:
             for _ in range(repeats):
                 start = time.perf_counter()
-                model(video)
+                run(video)
                 if cuda:
                     torch.cuda.synchronize(device)
                 times.append(time.perf_counter() - start)
@@ -169,6 +189,8 @@ def bench_one(
         params_m=sum(p.numel() for p in model.parameters()) / 1e6,
         gflops_per_frame=flops / frames / 1e9,
         attn_gflops_per_frame=attn / frames / 1e9,
+        compiled=compile and getattr(run, "failed", None) is None,
+        compile_s=compile_s,
     )
 
 
@@ -183,7 +205,7 @@ def format_table(rows: Sequence[BenchResult]) -> str:
             f"{r.height}x{r.width}",
             str(r.frames),
             r.device,
-            r.dtype,
+            r.dtype + ("+compile" if r.compiled else ""),
             f"{r.ms_per_clip:.1f}",
             f"{r.frames_per_s:.2f}",
             f"{r.peak_mem_mib:.0f}",
@@ -215,12 +237,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed forwards first (≥ 1: the FLOP count)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="time torch.compile(model) (inductor; compile time excluded, reported as compile_s in --json)",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
 
     from gemdepth.models import build_model
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.compile:
+        from gemdepth.compile import compile_unavailable
+
+        reason = compile_unavailable(args.device)
+        if reason is not None:
+            parser.error(f"--compile: torch.compile cannot run here: {reason}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -235,7 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if limit is not None and frames > limit:
                     print(f"skip {name} T={frames}: longer than the head's num_frames={limit}", file=sys.stderr)
                     continue
-                rows.append(bench_one(model, name, size, frames, device, args.dtype, args.repeats, args.warmup))
+                rows.append(
+                    bench_one(model, name, size, frames, device, args.dtype, args.repeats, args.warmup, args.compile)
+                )
                 print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
         del model
         if device.type == "cuda":

@@ -18,6 +18,9 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("gemdepth.inference.cli", "run a model on videos or frame folders"),
     "bench": ("gemdepth.bench", "forward-pass benchmark per preset, size and precision"),
     "demo": ("gemdepth.demo", "the quickstart: synthetic corpus, two-stage training, evaluation, inference"),
+    "models": ("gemdepth.weights.hub", "list the model presets, their released weights, licences and cache state"),
+    "export": ("gemdepth.export", "export the window model to ONNX or a torch.export program"),
+    "app": ("gemdepth.app.cli", "web app (Gradio): run a video, see depth, cameras and point cloud"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 

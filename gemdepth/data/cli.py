@@ -51,7 +51,9 @@ def _option(text: str) -> tuple[str, Any]:
     return key, {"true": True, "false": False}.get(value.lower(), value)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(formats: bool = False) -> argparse.ArgumentParser:
+    """The ``gemdepth data`` parser; ``formats`` adds the converter list (and its options) to
+    ``convert --help`` (it imports every converter, so only when convert is asked for)."""
     parser = argparse.ArgumentParser(prog="gemdepth data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -68,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                        help="rendering processes")
     synth.add_argument("--clips-per-shard", type=int, default=8)
-    synth.add_argument("--resume", action="store_true", help="keep finished shards of a broken run")
+    synth.add_argument("--resume", action="store_true",
+                       help="finish an interrupted run into --out: keep its shards that are "
+                            "written and verified, render only the rest (same arguments needed)")
 
     inspect = sub.add_parser("inspect", help="validate shards, print statistics, draw one clip")
     inspect.add_argument("path", help="a shard, a corpus folder, a folder of corpora or a pattern")
@@ -85,15 +89,30 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--strict", action="store_true",
                          help="exit 1 when a checked clip fails the geometry check")
 
-    convert = sub.add_parser("convert", help="convert a published corpus layout into shards")
-    convert.add_argument("format", help="converter name, e.g. tum, sintel, vkitti2")
+    epilog = None
+    if formats:
+        from gemdepth.data.converters import describe_formats
+
+        epilog = describe_formats()
+    convert = sub.add_parser("convert", help="convert a published corpus layout into shards",
+                             description="Convert a corpus in its published layout into "
+                                         "WebDataset shards plus index.json (see "
+                                         "shards/README.md).",
+                             epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    convert.add_argument("format", help="converter name (listed below with their options), "
+                                        "e.g. tum, sintel, vkitti2")
     convert.add_argument("root", type=Path, help="the corpus in its published layout")
     convert.add_argument("out", type=Path, help="output folder for the shards and index.json")
     convert.add_argument("--clip-length", type=int, default=32, help="frames per stored clip")
     convert.add_argument("--stride", type=int, default=1, help="keep every S-th source frame")
     convert.add_argument("--clips-per-shard", type=int, default=8, help="clips per .tar shard")
     convert.add_argument("--option", "-o", type=_option, action="append", default=[],
-                         help="converter option key=value (repeatable)")
+                         help="converter option key=value (repeatable; each format's options "
+                              "are listed below)")
+    convert.add_argument("--resume", action="store_true",
+                         help="finish an interrupted conversion into OUT: shards already "
+                              "written and verified are kept and their clips are not loaded "
+                              "again (same FORMAT, ROOT, clip length, stride and options)")
     return parser
 
 
@@ -105,14 +124,36 @@ def _synth(args: argparse.Namespace) -> int:
         print(f"gemdepth data synth: --frames ({args.frames}) must be >= --clip-length "
               f"({args.clip_length})", file=sys.stderr)
         return 2
-    index = make_synthetic_corpus(
-        args.out, sequences=args.sequences, frames=args.frames, clip_length=args.clip_length,
-        size=args.size, seed=args.seed, pose_free=args.pose_free, workers=args.workers,
-        clips_per_shard=args.clips_per_shard, config=SynthConfig(kind=args.kind),
-        progress=True)
+    command = _synth_command(args)
+    try:
+        index = make_synthetic_corpus(
+            args.out, sequences=args.sequences, frames=args.frames, clip_length=args.clip_length,
+            size=args.size, seed=args.seed, pose_free=args.pose_free, workers=args.workers,
+            clips_per_shard=args.clips_per_shard, config=SynthConfig(kind=args.kind),
+            progress=True, resume=args.resume, resume_hint=command + " --resume")
+    except KeyboardInterrupt:
+        print(f"gemdepth data synth: interrupted; {args.out} is incomplete and refused by readers "
+              f"until finished with `{command} --resume`", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:  # ShardError/ClipError are ValueErrors
+        print(f"gemdepth data synth: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {index['clips']} clips / {index['frames']} frames of corpus {index['corpus']} "
           f"in {len(index['shards'])} shards to {args.out}")
     return 0
+
+
+def _synth_command(args: argparse.Namespace) -> str:
+    """The ``gemdepth data synth`` command line of these arguments (without --resume)."""
+    import shlex
+
+    parts = ["gemdepth", "data", "synth", "--out", str(args.out), "--sequences",
+             str(args.sequences), "--frames", str(args.frames), "--clip-length",
+             str(args.clip_length), "--size", f"{args.size[0]}x{args.size[1]}", "--seed",
+             str(args.seed), "--kind", args.kind, "--clips-per-shard", str(args.clips_per_shard)]
+    if args.pose_free:
+        parts.append("--pose-free")
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 # --------------------------------------------------------------------------- inspect
@@ -170,6 +211,7 @@ class _Stats:
         self.checked = 0
         self.failed = 0
         self.uncheckable = 0
+        self.failed_px = [0, 0, 0, 0]  # failed clips: inconsistent, compared px; bad, all pairs
 
     def wants_check(self, clip: dict, limit: int) -> bool:
         """Whether this clip is among the first ``limit`` checkable ones (poses, metric depth)."""
@@ -189,6 +231,11 @@ class _Stats:
             return
         self.checked += 1
         self.failed += not result["passed"]
+        if not result["passed"]:
+            self.failed_px[0] += result["inconsistent"]
+            self.failed_px[1] += result["compared"]
+            self.failed_px[2] += sum(not p["passed"] for p in result["pairs"])
+            self.failed_px[3] += len(result["pairs"])
         self.checks.append(format_report(result, key))
 
     def _range(self, key: str, values: np.ndarray) -> None:
@@ -243,15 +290,33 @@ class _Stats:
         ] + [line for line in [self.geometry()] if line])
 
 
+def _failure_verdict(failed: int, inconsistent: int, compared: int, bad_pairs: int,
+                     pairs: int) -> str:
+    """What the failed geometry checks mean, with the share of their pixels that disagree.
+
+    The check assumes a static world, so moving content (people, vehicles) fails it just as
+    wrong poses, intrinsics or depth units do; the pixel share alone does not tell them apart
+    (a person filling half the view disagrees as much as a small pose error), a static
+    stretch of the same sequence does.
+    """
+    frac = inconsistent / max(compared, 1)
+    return (f", {failed} FAILED: {frac:.1%} of their compared pixels are inconsistent "
+            f"({inconsistent} of {compared}; {bad_pairs} of {pairs} frame pairs fail). Moving "
+            "content (people, vehicles: a dynamic scene) can cause this, as can wrong poses, "
+            "intrinsics or depth units; if a static stretch of the same sequence passes with "
+            "the same poses, the poses are fine")
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm.auto import tqdm
 
+    from gemdepth.data.schema import ClipError
     from gemdepth.data.shards import ShardError, decode_sample, iter_raw_samples, resolve_shards
 
     try:
         shards = resolve_shards(args.path)
-    except (FileNotFoundError, ShardError) as exc:
+    except (FileNotFoundError, ShardError, OSError) as exc:
         print(f"gemdepth data inspect: {exc}", file=sys.stderr)
         return 1
     stats: dict[str, _Stats] = defaultdict(_Stats)
@@ -264,6 +329,9 @@ def _inspect(args: argparse.Namespace) -> int:
                     clip = decode_sample(raw, validate=True)
                 except ShardError as exc:
                     errors.append(str(exc))
+                    continue
+                except (ClipError, ValueError, TypeError, KeyError) as exc:  # a malformed sample
+                    errors.append(f"shard {shard}, sample {raw.get('__key__')}: {exc!r}")
                     continue
                 corpus = stats[clip["meta"]["corpus"]]
                 corpus.add(clip)
@@ -282,14 +350,18 @@ def _inspect(args: argparse.Namespace) -> int:
         print(stats[name].report(name))
     if sheet_clip is not None:
         out = args.out or Path(f"{sheet_clip['meta']['corpus']}_contact.png")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(contact_sheet(sheet_clip, args.frames)).save(out)
-        print(f"contact sheet of {sheet_clip['__key__']}: {out}")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(contact_sheet(sheet_clip, args.frames)).save(out)
+            print(f"contact sheet of {sheet_clip['__key__']}: {out}")
+        except (OSError, ValueError) as exc:  # unwritable folder, full disk, unknown extension
+            errors.append(f"contact sheet {out}: not written ({exc})")
     checked = sum(s.checked for s in stats.values())
     failed = sum(s.failed for s in stats.values())
     if checked:
         print(f"geometry check: {checked - failed}/{checked} checked clips consistent"
-              + (f", {failed} FAILED (poses, intrinsics or depth units disagree)" if failed else ""))
+              + (_failure_verdict(failed, *np.sum([s.failed_px for s in stats.values()], 0))
+                 if failed else ""))
     if errors:
         print(f"{len(errors)} problem(s):", file=sys.stderr)
         for line in errors:
@@ -305,24 +377,46 @@ def _inspect(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- convert
 def _convert(args: argparse.Namespace) -> int:
-    from gemdepth.data.converters import run_converter  # imported only when needed
+    from gemdepth.data import converters  # imported only when needed
 
+    options = dict(args.option)
+    kwargs = {"resume": True} if args.resume else {}
     try:
-        index = run_converter(args.format, args.root, args.out, clip_length=args.clip_length,
-                              stride=args.stride, clips_per_shard=args.clips_per_shard,
-                              **dict(args.option))
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+        index = converters.run_converter(args.format, args.root, args.out,
+                                         clip_length=args.clip_length, stride=args.stride,
+                                         clips_per_shard=args.clips_per_shard, **kwargs, **options)
+    except KeyboardInterrupt:
+        command = converters.convert_command(args.format, args.root, args.out, args.clip_length,
+                                             args.stride, args.clips_per_shard, options, True)
+        print(f"gemdepth data convert: interrupted; {args.out} is incomplete and refused by "
+              f"readers until finished with `{command}`", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, TypeError, OSError, converters.FrameError) as exc:
+        # ConverterError, ShardError, ClipError are ValueErrors; OSError: unreadable input,
+        # unwritable output or a full disk. All name their file.
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        if isinstance(exc, OSError) and getattr(exc, "filename", None):
+            message = f"{exc.filename}: {exc.strerror or exc}"
         print(f"gemdepth data convert: {message}", file=sys.stderr)
         return 1
     print(f"wrote {index['clips']} clips / {index['frames']} frames of corpus {index['corpus']} "
           f"in {len(index['shards'])} shards to {args.out}")
+    skipped = index.get("skipped") or {}
+    if skipped:
+        print(f"skipped {sum(skipped.values())} frame(s): "
+              + ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())))
+    zeroed = index.get("zeroed_depth") or {}
+    if zeroed:
+        print(f"set {zeroed.get('non-finite pixels', 0)} non-finite and "
+              f"{zeroed.get('negative pixels', 0)} negative depth pixels to 0 (invalid) in "
+              f"{zeroed.get('frames', 0)} frame(s)")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gemdepth data``; returns the exit code."""
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser(formats=bool(argv) and argv[0] == "convert").parse_args(argv)
     if args.command == "synth":
         return _synth(args)
     if args.command == "inspect":

@@ -152,6 +152,7 @@ def _pairwise(
         "mean_rel": rel_c.nanmean(1),
         "inlier_fraction": ((rel < inlier_rel) & compared).sum(1) / n.clamp_min(1),
         "compared": n,
+        "inconsistent": (~(rel < inlier_rel) & compared).sum(1),
         "source_valid": n_src,
         "overlap": n / n_src.clamp_min(1),
         "behind_camera": ((~in_front) & src_valid.reshape(p, -1)).sum(1) / n_src.clamp_min(1),
@@ -235,8 +236,11 @@ def check_clip(
     inlier fraction (``>= min_inlier_fraction``) and its overlap (``>= min_overlap``); the clip
     ``passed`` when every pair passes. ``max_depth`` (default: ``meta["max_depth"]`` if set)
     ignores far depth. Returns ``passed``, ``reasons`` (per failing pair), ``pairs`` (per-pair
-    statistics with ``src``/``dst`` frame positions) and the medians over pairs of
-    ``median_abs``, ``median_rel``, ``inlier_fraction``, ``overlap`` and ``static_median_rel``.
+    statistics with ``src``/``dst`` frame positions), the medians over pairs of
+    ``median_abs``, ``median_rel``, ``inlier_fraction``, ``overlap`` and ``static_median_rel``,
+    and over all pairs ``compared`` (points), ``inconsistent`` (those off by ``inlier_rel`` or
+    more) and ``inconsistent_fraction`` (their share: a minority with the rest consistent is the
+    mark of moving content, most points that of wrong poses, intrinsics or depth units).
 
     A pose-free clip or a relative-disparity clip cannot be checked: ``ValueError``.
     """
@@ -294,6 +298,9 @@ def check_clip(
         "overlap": med("overlap"),
         "static_median_rel": med("static_median_rel"),
         "compared": int(stats["compared"].sum()),
+        "inconsistent": int(stats["inconsistent"].sum()),
+        "inconsistent_fraction": (int(stats["inconsistent"].sum())
+                                  / max(int(stats["compared"].sum()), 1)),
     }
 
 
@@ -303,6 +310,8 @@ def format_report(result: Mapping[str, Any], name: str = "clip") -> str:
             f"(gap {result['gap']}): median |Δz| {result['median_abs']:.4g}, median rel "
             f"{result['median_rel']:.2%}, inliers {result['inlier_fraction']:.1%}, overlap "
             f"{result['overlap']:.1%} (no-motion baseline {result['static_median_rel']:.2%})")
+    if "inconsistent_fraction" in result:
+        head += f", inconsistent px {result['inconsistent_fraction']:.1%}"
     if result["reasons"]:
         shown = result["reasons"][:5]
         more = len(result["reasons"]) - len(shown)

@@ -16,6 +16,12 @@ it. Decoding runs in the worker processes; RGB is cropped as uint8 before resizi
 Bad samples in ``skip`` mode are skipped and counted per ``<corpus>/<reason>``; the counts
 travel with the batches and add up in :attr:`VideoDataModule.skipped` in the main process
 (log ``data/skipped`` from :attr:`VideoDataModule.skipped_total`).
+
+Checksums: each worker process (restarted every epoch) checks a shard's sha256 (from
+``index.json``) the first time it reads it, before using any of its samples (the shard is read
+once into memory and hashed there). A
+mismatch drops the whole shard for that worker: counted once as ``<source>/checksum_mismatch``
+and logged with the shard's name in ``skip`` mode, raised in ``raise`` mode.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import zlib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +45,13 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
+from gemdepth.data.codecs import png_grey
 from gemdepth.data.schema import ClipError
 from gemdepth.data.shards import (
+    ChecksumError,
     ShardError,
     bits_to_depth,
+    check_depth_png,
     decode_depth_bits,
     decode_sample,
     iter_raw_samples,
@@ -66,10 +77,52 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 _SKY_MODES = ("far", "invalid")
+_NORMALIZE_MODES = ("worker", "device")
 _ERROR_MODES = ("skip", "raise")
 _MAX_CONSECUTIVE_FAILURES = 200
 _NORM_SCALE = torch.from_numpy(1.0 / (255.0 * IMAGENET_STD))[:, None, None]
 _NORM_SHIFT = torch.from_numpy(-IMAGENET_MEAN / IMAGENET_STD)[:, None, None]
+
+
+def _fast_depth_bits(data: bytes, where: tuple[str, str, str]) -> np.ndarray:
+    """:func:`decode_depth_bits` through torchvision's PNG decoder (same values, no PIL copy)."""
+    check_depth_png(data, where)  # 16-bit greyscale only: an 8-bit PNG is no float16 depth
+    try:
+        bits = png_grey(data)
+    except ValueError as exc:
+        raise ShardError(f"undecodable image ({exc})", shard=where[0], key=where[1],
+                         field=where[2]) from exc
+    return bits if bits.dtype == np.uint16 else bits.astype(np.uint16)
+
+
+def _fast_mask(data: bytes, where: tuple[str, str, str]) -> np.ndarray:
+    """A mask PNG's values (non-zero = set; cast to bool after cropping, which is cheaper)."""
+    try:
+        return png_grey(data)
+    except ValueError as exc:
+        raise ShardError(f"undecodable mask ({exc})", shard=where[0], key=where[1],
+                         field=where[2]) from exc
+
+
+def _empty_shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor, in shared memory inside a DataLoader worker so that sending
+    the batch to the main process needs no extra copy (what torch's ``default_collate`` does)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    elem = torch.empty(0, dtype=dtype)
+    storage = elem._typed_storage()._new_shared(math.prod(shape), device=elem.device)
+    return elem.new(storage).view(shape)
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(tensors, out=_empty_shared((len(tensors), *tensors[0].shape),
+                                                  tensors[0].dtype))
+
+
+def normalize_video(video: torch.Tensor) -> torch.Tensor:
+    """float32 ``(x / 255 - mean) / std`` of uint8 video ``(..., 3, H, W)`` on its device."""
+    scale, shift = _NORM_SCALE.to(video.device), _NORM_SHIFT.to(video.device)
+    return torch.addcmul(shift, video, scale)
 
 
 def _decode_mask(data: bytes, where: tuple[str, str, str]) -> np.ndarray:
@@ -101,6 +154,7 @@ class SourceSpec:
     shards: tuple[str, ...] = ()
     has_pose: bool | None = None
     depth_kind: str | None = None
+    checksums: Mapping[str, str | None] = field(default_factory=dict)  # shard -> sha256
 
 
 def parse_sources(sources: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> list[SourceSpec]:
@@ -136,6 +190,7 @@ def _resolve(spec: SourceSpec) -> SourceSpec:
     folders = {p.parent for p, _ in pairs}
     index = read_index(folders.pop()) if len(folders) == 1 else None
     return SourceSpec(**{**spec.__dict__, "shards": tuple(str(p) for p, _ in pairs),
+                         "checksums": {str(p): digest for p, digest in pairs},
                          "has_pose": index.get("has_pose") if index else None,
                          "depth_kind": index.get("depth_kind") if index else None})
 
@@ -175,7 +230,8 @@ class ClipStream(IterableDataset):
                  clip_length: int, stride_range: tuple[int, int], short_side: int,
                  sizes: Sequence[tuple[int, int]], eval_size: tuple[int, int],
                  crop_jitter: float, hflip_prob: float, samples_per_epoch: int, seed: int,
-                 shuffle_buffer: int, whole_clips: bool = False) -> None:
+                 shuffle_buffer: int, whole_clips: bool = False, fast_decode: bool = True,
+                 normalize: str = "worker", decode_threads: int = 1) -> None:
         super().__init__()
         if not sources:
             raise ValueError("ClipStream needs at least one source")
@@ -193,10 +249,17 @@ class ClipStream(IterableDataset):
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.whole_clips = whole_clips
+        if normalize not in _NORMALIZE_MODES:
+            raise ValueError(f"normalize must be one of {_NORMALIZE_MODES}, got {normalize!r}")
+        self.fast_decode = fast_decode
+        self.normalize = normalize
+        self.decode_threads = max(1, int(decode_threads))
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): made per worker
         self.epoch = 0
         weights = np.array([s.weight for s in self.sources], np.float64)
         self._probs = weights / weights.sum()
         self._skips: Counter[str] = Counter()
+        self._verified: set[str] = set()  # shards whose sha256 this worker has checked
 
     # ------------------------------------------------------------------ sizes
     def batches_per_rank(self) -> int:
@@ -238,17 +301,29 @@ class ClipStream(IterableDataset):
             log.warning("skipping a sample of %s (%s): %s", spec.name, reason, exc)
 
     # ------------------------------------------------------------------ raw streams
+    def _shard_samples(self, spec: SourceSpec, shard: str) -> Iterator[dict]:
+        """Raw samples of a shard; its sha256 is checked on this worker's first read (before
+        any sample comes out: :class:`ChecksumError` drops the whole shard)."""
+        digest = None if shard in self._verified else spec.checksums.get(shard)
+        for raw in iter_raw_samples(shard, digest):
+            self._verified.add(shard)
+            yield raw
+
+    def _shard_failed(self, spec: SourceSpec, exc: ShardError) -> None:
+        if self._on_error(spec) == "raise":
+            raise exc
+        self._skip(spec, "checksum_mismatch" if isinstance(exc, ChecksumError) else "corrupt_shard",
+                   exc)
+
     def _raw_once(self, spec: SourceSpec, shards: list[str],
                   keep: Callable[[str], bool] | None) -> Iterator[dict]:
         for shard in shards:
             try:
-                for raw in iter_raw_samples(shard):
+                for raw in self._shard_samples(spec, shard):
                     if keep is None or keep(raw["__key__"]):
                         yield raw
             except ShardError as exc:
-                if self._on_error(spec) == "raise":
-                    raise
-                self._skip(spec, "corrupt_shard", exc)
+                self._shard_failed(spec, exc)
 
     def _raw_resampled(self, spec: SourceSpec, shards: list[str],
                        keep: Callable[[str], bool] | None,
@@ -264,14 +339,12 @@ class ClipStream(IterableDataset):
             shard = live[int(rng.integers(len(live)))]
             got = 0
             try:
-                for raw in iter_raw_samples(shard):
+                for raw in self._shard_samples(spec, shard):
                     if keep is None or keep(raw["__key__"]):
                         got += 1
                         yield raw
             except ShardError as exc:
-                if self._on_error(spec) == "raise":
-                    raise
-                self._skip(spec, "corrupt_shard", exc)
+                self._shard_failed(spec, exc)
                 bad.add(shard)
             dry = 0 if got else dry + 1
             if dry > 4 * len(live) + 10:
@@ -294,6 +367,23 @@ class ClipStream(IterableDataset):
         start = int(rng.integers(0, n_frames - span + 1))
         return start + stride * np.arange(n)
 
+    def _threads(self) -> ThreadPoolExecutor | None:
+        """This process's frame-decoding threads (``decode_threads > 1``; none after a fork)."""
+        if self.decode_threads <= 1:
+            return None
+        if self._pool is None or self._pool[0] != os.getpid():
+            self._pool = (os.getpid(), ThreadPoolExecutor(self.decode_threads,
+                                                          thread_name_prefix="gemdepth-decode"))
+        return self._pool[1]
+
+    def _map(self, fn: Callable[[Any], np.ndarray], items: Sequence[Any]) -> list[np.ndarray]:
+        """``[fn(x) for x in items]``, on the decode threads when there are any."""
+        pool = self._threads()
+        return list(pool.map(fn, items)) if pool is not None else [fn(x) for x in items]
+
+    def __getstate__(self) -> dict[str, Any]:  # a pool cannot be pickled (spawned workers)
+        return {**self.__dict__, "_pool": None}
+
     def process(self, raw: dict, spec: SourceSpec, size: tuple[int, int],
                 rng: np.random.Generator | None) -> dict[str, Any]:
         """One raw sample -> one training example (tensors without the batch dim).
@@ -312,7 +402,8 @@ class ClipStream(IterableDataset):
         box = plan_crop(tuple(meta["image_size"]), size, self.short_side, rng,
                         self.crop_jitter if rng is not None else 0.0)
         try:
-            video = decode_crop_rgb(clip["rgb"], box)
+            video = decode_crop_rgb(clip["rgb"], box, fast=self.fast_decode,
+                                    pool=self._threads())
         except Exception as exc:  # PIL raises many types for broken images
             raise ShardError(f"undecodable or mis-sized frame ({exc})", shard=shard, key=key,
                              field="rgb") from exc
@@ -322,11 +413,14 @@ class ClipStream(IterableDataset):
                                  shard=shard, key=key, field=field)
             return crop_nearest(arr, box)
 
-        depth = bits_to_depth(np.stack([sized(decode_depth_bits(p, (shard, key, "depth")), "depth")
-                                        for p in clip["depth"]]))
+        dec_depth, dec_mask = ((_fast_depth_bits, _fast_mask) if self.fast_decode
+                               else (decode_depth_bits, _decode_mask))
+        depth = bits_to_depth(np.stack(self._map(
+            lambda p: sized(dec_depth(p, (shard, key, "depth")), "depth"), clip["depth"])))
         if not np.isfinite(depth).all() or (depth < 0).any():
             raise ShardError("NaN/inf or negative depth", shard=shard, key=key, field="depth")
-        masks = {m: np.stack([sized(_decode_mask(p, (shard, key, m)), m) for p in clip[m]])
+        masks = {m: np.stack(self._map(lambda p, m=m: sized(dec_mask(p, (shard, key, m)), m),
+                                       clip[m])).astype(bool, copy=False)
                  if clip.get(m) is not None else None for m in ("sky", "valid")}
         intr = crop_intrinsics(clip["intrinsics"], box)
         has_pose = clip["extrinsics"] is not None
@@ -383,10 +477,36 @@ class ClipStream(IterableDataset):
         return None
 
     def _collate(self, examples: list[dict]) -> dict[str, Any]:
+        if self.fast_decode:
+            return self._collate_fast(examples)
         batch: dict[str, Any] = {k: torch.stack([e[k] for e in examples])
                                  for k in ("depth", "valid", "intrinsics", "extrinsics")}
         video = torch.stack([e["video"] for e in examples]).float()
         batch["video"] = torch.addcmul(_NORM_SHIFT, video, _NORM_SCALE)  # (x/255 - mean) / std
+        batch["has_pose"] = torch.tensor([e["has_pose"] for e in examples], dtype=torch.bool)
+        batch["is_disparity"] = torch.tensor([e["is_disparity"] for e in examples],
+                                             dtype=torch.bool)
+        batch["key"] = [e["key"] for e in examples]
+        batch["_skipped"] = dict(self._skips)
+        self._skips.clear()
+        return batch
+
+    def _collate_fast(self, examples: list[dict]) -> dict[str, Any]:
+        """:meth:`_collate` with the same values and fewer passes over memory: video is
+        normalised frame by frame straight from the resized uint8 into the float batch (or kept
+        uint8 for ``normalize="device"``), and every tensor is stacked straight into shared
+        memory in a worker (no copy when it is sent)."""
+        batch: dict[str, Any] = {k: _stack([e[k] for e in examples])
+                                 for k in ("depth", "valid", "intrinsics", "extrinsics")}
+        videos = [e["video"] for e in examples]
+        if self.normalize == "device":
+            batch["video"] = _stack(videos)  # uint8; VideoDataModule.on_after_batch_transfer
+        else:
+            out = _empty_shared((len(videos), *videos[0].shape), torch.float32)
+            for b, video in enumerate(videos):
+                for t, frame in enumerate(video):  # one frame at a time stays in cache
+                    torch.addcmul(_NORM_SHIFT, frame, _NORM_SCALE, out=out[b, t])
+            batch["video"] = out
         batch["has_pose"] = torch.tensor([e["has_pose"] for e in examples], dtype=torch.bool)
         batch["is_disparity"] = torch.tensor([e["is_disparity"] for e in examples],
                                              dtype=torch.bool)
@@ -488,13 +608,23 @@ class VideoDataModule(pl.LightningDataModule):
         crop_jitter: 0 = centre crops, 1 = anywhere along the free axis.
         hflip_prob: probability of a pose-consistent horizontal flip per clip.
         max_depth: default far truncation in metres (per source overridable; paper: 400).
-        sky: default sky handling, ``"far"`` (paper: sky supervised at ``max_depth``) or
-            ``"invalid"``.
+        sky: default sky handling of training sources, ``"far"`` (paper: sky supervised at
+            ``max_depth``) or ``"invalid"``.
+        eval_sky: default sky handling of validation/test/predict sources and of the hold-out
+            shards: ``"invalid"`` (sky is not scored; a source's own ``sky`` still wins).
         samples_per_epoch: clips per training epoch over all ranks (the stream is endless).
         num_workers: DataLoader worker processes (decoding happens there).
         shuffle_buffer: clips in each worker's shuffle buffer.
         seed: base seed of all sampling.
-        pin_memory: pin batches for faster host-to-GPU copies.
+        pin_memory: pin batches for faster host-to-GPU copies (``None``: when CUDA is there).
+        fast_decode: decode with torchvision's JPEG/PNG decoders straight into tensors and
+            collate without temporaries (the same values); ``False`` keeps the PIL path (the
+            reference that ``benchmarks/bench_datamodule.py`` compares against).
+        normalize: ``"worker"`` (batches carry float32 normalised video) or ``"device"``
+            (batches carry uint8 video, 4x less to send and pin; :meth:`on_after_batch_transfer`
+            normalises it on the training device, so the model sees the same values).
+        decode_threads: threads per loader process decoding a clip's frames in parallel (the
+            decoders release the GIL): more frames/s per worker on as many more cores.
     """
 
     def __init__(
@@ -515,11 +645,15 @@ class VideoDataModule(pl.LightningDataModule):
         hflip_prob: float = 0.5,
         max_depth: float | None = 400.0,
         sky: str = "far",
+        eval_sky: str = "invalid",
         samples_per_epoch: int = 1000,
         num_workers: int = 2,
         shuffle_buffer: int = 8,
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
+        fast_decode: bool = True,
+        normalize: str = "worker",
+        decode_threads: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -532,12 +666,19 @@ class VideoDataModule(pl.LightningDataModule):
             if h > short_side and w > short_side:
                 raise ValueError(f"crop {h}x{w} exceeds short_side={short_side} on both axes")
         self.eval_size = tuple(eval_size) if eval_size else self.sizes[0]
+        if normalize not in _NORMALIZE_MODES:
+            raise ValueError(f"normalize must be one of {_NORMALIZE_MODES}, got {normalize!r}")
+        if eval_sky not in _SKY_MODES:
+            raise ValueError(f"eval_sky must be one of {_SKY_MODES}, got {eval_sky!r}")
         defaults = {"max_depth": max_depth, "sky": sky}
+        # scoring sky at max_depth would reward predicting the truncation value: evaluation
+        # splits (and the hold-out shards of training corpora) mask sky unless a source says otherwise
+        eval_defaults = {"max_depth": max_depth, "sky": eval_sky}
         self._specs = {
             "train": parse_sources(train_sources, defaults),
-            "val": parse_sources(val_sources, defaults),
-            "test": parse_sources(test_sources, defaults),
-            "predict": parse_sources(predict_sources, defaults),
+            "val": parse_sources(val_sources, eval_defaults),
+            "test": parse_sources(test_sources, eval_defaults),
+            "predict": parse_sources(predict_sources, eval_defaults),
         }
         self._resolved: dict[str, list[SourceSpec]] = {}
         self.skipped: Counter[str] = Counter()
@@ -560,7 +701,7 @@ class VideoDataModule(pl.LightningDataModule):
                                      f"leaves none of its {len(spec.shards)} shards for training")
                 keep, out = spec.shards[:-hp.holdout_shards], spec.shards[-hp.holdout_shards:]
                 train[i] = SourceSpec(**{**spec.__dict__, "shards": keep})
-                held.append(SourceSpec(**{**spec.__dict__, "shards": out}))
+                held.append(SourceSpec(**{**spec.__dict__, "shards": out, "sky": hp.eval_sky}))
             if not val:
                 val = held
         test = [_resolve(s) for s in self._specs["test"]]
@@ -583,7 +724,9 @@ class VideoDataModule(pl.LightningDataModule):
             short_side=hp.short_side, sizes=self.sizes, eval_size=self.eval_size,
             crop_jitter=hp.crop_jitter, hflip_prob=hp.hflip_prob,
             samples_per_epoch=hp.samples_per_epoch, seed=hp.seed,
-            shuffle_buffer=hp.shuffle_buffer, whole_clips=split == "predict")
+            shuffle_buffer=hp.shuffle_buffer, whole_clips=split == "predict",
+            fast_decode=hp.fast_decode, normalize=hp.normalize,
+            decode_threads=hp.decode_threads)
 
     def _loader(self, split: str) -> DataLoader | list:
         stream = self._stream(split)
@@ -591,7 +734,8 @@ class VideoDataModule(pl.LightningDataModule):
             return []
         loader = _StreamLoader(stream, self._count, self._train_epoch if split == "train" else 0,
                                num_workers=self.hparams.num_workers,
-                               pin_memory=self.hparams.pin_memory)
+                               pin_memory=(torch.cuda.is_available() if self.hparams.pin_memory
+                                           is None else self.hparams.pin_memory))
         if split == "train":
             self._train_loader = loader
         return loader
@@ -617,6 +761,13 @@ class VideoDataModule(pl.LightningDataModule):
         return self._loader("predict")
 
     # ------------------------------------------------------------------ skip counters
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalise uint8 video (``normalize="device"``) on the device it was moved to."""
+        if isinstance(batch, dict) and isinstance(batch.get("video"), torch.Tensor) \
+                and batch["video"].dtype == torch.uint8:
+            batch["video"] = normalize_video(batch["video"])
+        return batch
+
     def _count(self, delta: Mapping[str, int]) -> None:
         self.skipped.update(delta)
 

@@ -15,8 +15,12 @@ Layout of one sample (one clip) inside a shard ``<corpus>-NNNNNN.tar``, key
 * ``<key>.sky.NNNN.png`` / ``<key>.valid.NNNN.png``: optional 1-bit PNG masks.
 
 Each corpus folder holds ``index.json`` (shard names, sha256, clip/frame counts, keys, image
-sizes, depth kind, ``has_pose``), always written atomically; ``"complete": false`` marks a
-corpus whose writer has not finished (resume with ``write_corpus(..., resume=True)``).
+sizes, depth kind, ``has_pose``), always written atomically. A (re)write first replaces it by
+one with ``"complete": false`` (before any shard is touched), and only marks it complete after
+the last shard is in place and stale shards of an earlier run are gone: a writer killed at any
+point leaves either the old complete corpus or one that every reader refuses. Readers refuse a
+folder with an incomplete index or with shards but no index, and name the command that
+finishes the corpus (``gemdepth data convert ... --resume``) or redoes it.
 
 Tar reading and writing go through webdataset (``TarWriter``, ``tar_file_iterator``,
 ``group_by_keys``); decoding is ours so that the DataModule can decode only the frames it
@@ -27,12 +31,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
+import shlex
 import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import braceexpand
 import numpy as np
@@ -52,6 +58,9 @@ from gemdepth.data.schema import (
 
 __all__ = [
     "ShardError",
+    "ChecksumError",
+    "IncompleteCorpusError",
+    "require_complete",
     "write_corpus",
     "read_clips",
     "read_sequences",
@@ -61,6 +70,7 @@ __all__ = [
     "decode_sample",
     "decode_depth",
     "decode_depth_bits",
+    "check_depth_png",
     "bits_to_depth",
     "parse_header",
     "sha256_file",
@@ -86,6 +96,26 @@ class ShardError(ValueError):
             f"field {field!r}" if field else "") if p)
         super().__init__(f"{where}: {message}" if where else message)
         self.shard, self.key, self.field = shard, key, field
+
+
+class ChecksumError(ShardError):
+    """A shard's sha256 differs from the one its ``index.json`` lists (changed or corrupt)."""
+
+
+class IncompleteCorpusError(ShardError):
+    """A corpus folder without a complete ``index.json``: an interrupted or unfinished write.
+
+    ``folder`` names it; the message says which command finishes or redoes it.
+    """
+
+    def __init__(self, message: str, folder: PathLike) -> None:
+        super().__init__(message)
+        self.folder = Path(folder)
+
+
+#: Shards up to this size are read into memory once and hashed there, so checking the sha256
+#: costs no second read; larger ones are hashed in a first pass.
+_VERIFY_IN_MEMORY = 1 << 28
 
 
 # --------------------------------------------------------------------------- encoding
@@ -151,13 +181,32 @@ def sha256_file(path: PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (renames, unlinks) to disk where the OS allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _write_index(out: Path, index: dict) -> None:
@@ -179,6 +228,7 @@ def _write_shard(path: Path, samples: list[dict]) -> str:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return digest
 
 
@@ -192,6 +242,40 @@ def read_index(folder: PathLike) -> dict | None:
     except json.JSONDecodeError as exc:
         raise ShardError(f"{path} is not valid JSON ({exc}); delete it and re-create the corpus",
                          shard=str(path)) from exc
+
+
+def _how_to_finish(folder: Path, index: dict | None) -> str:
+    """The sentence naming the command that finishes (``--resume``) or redoes a corpus."""
+    hint = (index or {}).get("resume_hint")
+    if hint:
+        return (f"finish it with `{hint}` (skips the shards already written and verified) or "
+                "redo it by running that command without --resume")
+    quoted = shlex.quote(str(folder))
+    return (f"finish it with `gemdepth data convert FORMAT ROOT {quoted} --resume` (or "
+            f"`gemdepth data synth --out {quoted} ... --resume` for the synthetic corpus), "
+            "which skips the shards already written and verified, or redo it by running the "
+            "same command without --resume")
+
+
+def require_complete(folder: PathLike, index: dict | None = None) -> dict:
+    """The index of a complete corpus folder (``index``, else read from ``folder``); a folder
+    without a complete one raises :class:`IncompleteCorpusError` naming the command that
+    finishes or redoes it."""
+    folder = Path(folder)
+    if index is None:
+        index = read_index(folder)
+    if index is None:
+        n = len(list(folder.glob("*.tar")))
+        raise IncompleteCorpusError(
+            f"{folder}: holds {n} shard(s) but no {INDEX_NAME}, so it is not a complete corpus "
+            "(an interrupted or unfinished conversion, or shards copied without their index); "
+            + _how_to_finish(folder, None), folder)
+    if not index.get("complete", False):
+        raise IncompleteCorpusError(
+            f"{folder}: corpus {index.get('corpus')!r} is incomplete (its {INDEX_NAME} says "
+            "\"complete\": false: the writer was interrupted or is still running), so its shards "
+            "are not read; " + _how_to_finish(folder, index), folder)
+    return index
 
 
 def _summarise(index: dict) -> None:
@@ -215,20 +299,30 @@ def write_corpus(
     resume: bool = False,
     jpeg_quality: int = 95,
     total: int | None = None,
+    source: dict[str, Any] | None = None,
+    resume_hint: str | None = None,
+    known_keys: set[str] | None = None,
 ) -> dict:
     """Write clips as WebDataset shards plus ``index.json`` into ``out_dir``; return the index.
 
     Every clip is validated (:func:`validate_clip`), must belong to ``corpus`` and agree with
-    the corpus's first clip on ``depth_kind`` and ``has_pose``; keys must be unique. Each shard
-    is written under a temporary name and renamed when complete, and the index is rewritten
-    atomically after every shard with ``"complete": false`` until the end, so an interrupted
-    run never leaves a finished-looking shard or index.
+    the corpus's first clip on ``depth_kind`` and ``has_pose``; keys must be unique.
 
-    ``resume=False`` (default) starts over: the old index is removed first and shards of the
-    old run that the new one did not overwrite are deleted at the end. ``resume=True`` keeps
-    the shards of an earlier (interrupted) run whose checksums still match, skips clips whose
-    keys they hold, and appends the rest. ``total`` (number of clips, if known) only feeds the
-    progress bar.
+    Crash safety: before any shard is touched, ``index.json`` is replaced (atomically) by one
+    with ``"complete": false``, so from then on every reader refuses the folder; each shard is
+    written under a temporary name and renamed when complete; the index is rewritten after
+    every shard; at the end, shards of an earlier run that the new index does not list are
+    deleted and only then is the index marked complete. A kill at any point leaves either the
+    old complete corpus or a refused one, never old shards that pass as a corpus.
+
+    ``resume=False`` (default) starts over. ``resume=True`` keeps the shards of an earlier
+    (interrupted) run whose checksums still match (the verified prefix), skips clips whose keys
+    they hold, and appends the rest; it refuses when the earlier run was made from another
+    ``source``. ``source`` (what the corpus was made from and how: format, root, options) and
+    ``resume_hint`` (the command that finishes an interrupted write, shown by readers that
+    refuse it) are stored in the index. ``known_keys``, if given, is filled with the keys of the
+    kept shards before the first clip is consumed, so a lazy clip source can skip building
+    those clips. ``total`` (number of clips) only feeds the progress bar.
     """
     if clips_per_shard < 1:
         raise ValueError(f"clips_per_shard must be >= 1, got {clips_per_shard}")
@@ -237,20 +331,37 @@ def write_corpus(
     if sanitise_name(corpus) != corpus:
         raise ValueError(f"corpus name {corpus!r} is not key-safe; use {sanitise_name(corpus)!r}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder: give a folder for the shards and "
+                         "index.json")
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(f".*{_TMP_MARK}*"):  # temp files of a crashed run
         stale.unlink(missing_ok=True)
 
     index: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "corpus": corpus, "complete": False,
-        "depth_kind": None, "has_pose": None, "licence": None, "codecs": _CODECS, "shards": [],
+        "depth_kind": None, "has_pose": None, "licence": None, "codecs": _CODECS,
+        "source": source, "resume_hint": resume_hint, "shards": [],
     }
     done_keys: set[str] = set()
-    prior = read_index(out)
+    try:
+        prior = read_index(out)
+    except ShardError:
+        if resume:
+            raise
+        prior = None  # an unreadable index is replaced by the fresh run
     if resume and prior is not None:
         if prior.get("corpus") != corpus:
             raise ValueError(f"{out / INDEX_NAME} belongs to corpus {prior.get('corpus')!r}, not "
                              f"{corpus!r}; write into another folder")
+        if (source is not None and prior.get("source") is not None
+                and prior["source"] != source):
+            before = prior["source"]
+            diff = {k: (before.get(k), source.get(k)) for k in sorted({*before, *source})
+                    if before.get(k) != source.get(k)}
+            raise ValueError(f"{out} was made with other settings (earlier, now: {diff}); --resume "
+                             "only finishes the same conversion: re-run without --resume to "
+                             "redo it")
         for entry in prior["shards"]:  # keep the verified prefix
             path = out / entry["name"]
             if not path.is_file() or sha256_file(path) != entry["sha256"]:
@@ -259,8 +370,18 @@ def write_corpus(
             done_keys.update(entry["keys"])
         for k in ("depth_kind", "has_pose", "licence"):
             index[k] = prior.get(k) if index["shards"] else None
-    elif prior is not None:
-        (out / INDEX_NAME).unlink()
+    stale_names = {s["name"] for s in prior.get("shards", [])} if prior else set()
+    if known_keys is not None:
+        known_keys.update(done_keys)
+
+    items = iter(clips)
+    first = next(items, None)  # nothing is touched before the first clip exists
+    if first is None and not index["shards"]:
+        raise ValueError(f"write_corpus got no clips for corpus {corpus!r}; nothing written to "
+                         f"{out}")
+    if index["shards"]:
+        _summarise(index)
+    _write_index(out, index)  # from here on, readers refuse the folder until the end
 
     seen: set[str] = set(done_keys)
     pending: list[dict] = []
@@ -289,9 +410,8 @@ def write_corpus(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=f"writing {corpus}", unit="clip")
-    n_new = 0
     try:
-        for clip in clips:
+        for clip in itertools.chain([] if first is None else [first], items):
             validate_clip(clip)
             meta = clip["meta"]
             if meta["corpus"] != corpus:
@@ -315,7 +435,6 @@ def write_corpus(
             pending.append(_encode_clip(clip, key, jpeg_quality))
             pending_info.append((key, meta["sequence"], clip["rgb"].shape[0],
                                  list(clip["rgb"].shape[1:3])))
-            n_new += 1
             if len(pending) == clips_per_shard:
                 flush()
         if pending:
@@ -323,15 +442,14 @@ def write_corpus(
     finally:
         if bar is not None:
             bar.close()
-    if not index["shards"]:
-        raise ValueError(f"write_corpus got no clips for corpus {corpus!r}; nothing written to {out}")
+    keep = {s["name"] for s in index["shards"]}
+    for name in stale_names | {p.name for p in out.glob(f"{corpus}-*.tar")}:
+        if name not in keep:  # shards of an earlier, longer run: gone before "complete"
+            (out / name).unlink(missing_ok=True)
+    _fsync_dir(out)
     index["complete"] = True
     _summarise(index)
     _write_index(out, index)
-    keep = {s["name"] for s in index["shards"]}
-    for old in out.glob(f"{corpus}-*.tar"):  # shards of an earlier, longer run
-        if old.name not in keep:
-            old.unlink()
     return index
 
 
@@ -339,9 +457,12 @@ def write_corpus(
 def resolve_shards(path: PathLike | Sequence[PathLike]) -> list[tuple[Path, str | None]]:
     """Shard files of a shard, a corpus folder, a folder of corpus folders or a brace pattern.
 
-    Returns ``(shard path, expected sha256 or None)`` pairs in reading order; checksums come
-    from the ``index.json`` beside the shards. Raises ``FileNotFoundError`` with the fix for
-    missing or empty locations and :class:`ShardError` for an unfinished corpus.
+    Returns ``(shard path, expected sha256)`` pairs in reading order; checksums come from the
+    ``index.json`` beside the shards. Every shard must be listed in a complete index: a folder
+    with an incomplete index, or with shards but no index (an interrupted conversion), raises
+    :class:`IncompleteCorpusError` naming the command that finishes or redoes it, and so does a
+    shard file whose folder has no complete index; a shard file its index does not list raises
+    :class:`ShardError`. Missing or empty locations raise ``FileNotFoundError`` with the fix.
     """
     if isinstance(path, (list, tuple)):
         return [item for p in path for item in resolve_shards(p)]
@@ -350,23 +471,22 @@ def resolve_shards(path: PathLike | Sequence[PathLike]) -> list[tuple[Path, str 
         return [item for p in braceexpand.braceexpand(text) for item in resolve_shards(p)]
     p = Path(text)
     if p.is_file():
-        index = read_index(p.parent)
-        sums = {s["name"]: s["sha256"] for s in index["shards"]} if index else {}
-        return [(p, sums.get(p.name))]
+        index = require_complete(p.parent, read_index(p.parent))
+        sums = {s["name"]: s["sha256"] for s in index["shards"]}
+        if p.name not in sums:
+            raise ShardError(f"not listed in {p.parent / INDEX_NAME} (a stale shard of an earlier "
+                             "run, or a file that does not belong to this corpus); read the corpus "
+                             "folder instead, or re-create the corpus", shard=str(p))
+        return [(p, sums[p.name])]
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: no such shard or folder (make shards with "
                                 "`gemdepth data synth` or `gemdepth data convert`)")
     index = read_index(p)
-    if index is not None:
-        if not index.get("complete", False):
-            raise ShardError(f"corpus {index.get('corpus')!r} in {p} is incomplete (its writer was "
-                             "interrupted); re-run it (write_corpus(..., resume=True)) first",
-                             shard=str(p / INDEX_NAME))
+    if index is not None or any(p.glob("*.tar")):
+        index = require_complete(p, index)
         return [(p / s["name"], s["sha256"]) for s in index["shards"]]
-    tars = sorted(p.glob("*.tar"))
-    if tars:
-        return [(t, None) for t in tars]
-    corpora = sorted(d for d in p.iterdir() if d.is_dir() and (d / INDEX_NAME).is_file())
+    corpora = sorted(d for d in p.iterdir()
+                     if d.is_dir() and ((d / INDEX_NAME).is_file() or any(d.glob("*.tar"))))
     if corpora:
         return [item for d in corpora for item in resolve_shards(d)]
     raise FileNotFoundError(f"{p}: folder holds no shards (*.tar) and no corpus folders with "
@@ -375,22 +495,37 @@ def resolve_shards(path: PathLike | Sequence[PathLike]) -> list[tuple[Path, str 
 
 
 # --------------------------------------------------------------------------- reading
+def _open_verified(shard: str, sha256: str | None) -> BinaryIO:
+    """The shard's bytes as a file object, checked against ``sha256`` before anything is read
+    from it (:class:`ChecksumError` otherwise). Small shards are read once into memory and
+    hashed there (no second read); larger ones get a hashing pass first."""
+    if sha256 is None:
+        return open(shard, "rb")
+    if os.path.getsize(shard) <= _VERIFY_IN_MEMORY:
+        with open(shard, "rb") as fh:
+            data = fh.read()
+        actual, fh = hashlib.sha256(data).hexdigest(), io.BytesIO(data)
+    else:
+        actual, fh = sha256_file(shard), open(shard, "rb")
+    if actual != sha256:
+        fh.close()
+        raise ChecksumError(f"checksum mismatch with {INDEX_NAME} (expected {sha256[:12]}…, got "
+                            f"{actual[:12]}…): the file is corrupt or was changed; re-create the "
+                            "corpus", shard=shard)
+    return fh
+
+
 def iter_raw_samples(shard: PathLike, sha256: str | None = None) -> Iterator[dict[str, Any]]:
     """Undecoded samples (``__key__``, ``__url__`` and suffix -> bytes) of one shard.
 
-    With ``sha256`` the file is checked against it first. A corrupt or truncated tar raises
-    :class:`ShardError` naming the shard and the last good sample.
+    With ``sha256`` the whole file is checked against it before the first sample is yielded
+    (:class:`ChecksumError`), so a changed shard yields nothing. A corrupt or truncated tar
+    raises :class:`ShardError` naming the shard and the last good sample.
     """
     shard = os.fspath(shard)
-    if sha256 is not None:
-        actual = sha256_file(shard)
-        if actual != sha256:
-            raise ShardError(f"checksum mismatch with {INDEX_NAME} (expected {sha256[:12]}…, got "
-                             f"{actual[:12]}…): the file is corrupt or was changed; re-create the "
-                             "corpus", shard=shard)
     last = None
     try:
-        with open(shard, "rb") as fh:
+        with _open_verified(shard, sha256) as fh:
             files = wds.tariterators.tar_file_iterator(fh)
             files = ({**f, "__url__": shard} for f in files)
             for sample in wds.tariterators.group_by_keys(files):
@@ -413,9 +548,34 @@ def _decode_image(data: bytes, where: tuple[str, str, str], mode: str | None = N
                          field=where[2]) from exc
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = {0: "greyscale", 2: "RGB", 3: "palette", 4: "greyscale+alpha", 6: "RGBA"}
+
+
+def check_depth_png(data: bytes, where: tuple[str, str, str]) -> None:
+    """Refuse a depth payload that is not a 16-bit greyscale PNG (read from its IHDR header).
+
+    Why: PIL widens an 8-bit or colour PNG without complaint, and those bits read as float16
+    give absurd depths (an 8-bit value v becomes the float16 with bit pattern v, ~1e-5 m).
+    """
+    if len(data) < 26 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        raise ShardError("depth is not a PNG (the schema stores depth as float16 bit patterns "
+                         "in a 16-bit greyscale PNG); re-create the shard", shard=where[0],
+                         key=where[1], field=where[2])
+    bit_depth, colour = data[24], data[25]
+    if bit_depth != 16 or colour != 0:
+        kind = f"{bit_depth}-bit {_PNG_COLOUR_TYPES.get(colour, f'colour type {colour}')}"
+        raise ShardError(f"depth PNG is {kind}, but only 16-bit greyscale PNGs (float16 bit "
+                         "patterns) are valid depth; it was not written by gemdepth's shard "
+                         "writer: re-create the shard with `gemdepth data convert`/`synth`",
+                         shard=where[0], key=where[1], field=where[2])
+
+
 def decode_depth_bits(data: bytes, where: tuple[str, str, str] = ("?", "?", "depth")) -> np.ndarray:
     """The uint16 float16-bit patterns of a ``float16-png16`` depth payload (crop these first,
-    then :func:`bits_to_depth`, to convert only the pixels in use)."""
+    then :func:`bits_to_depth`, to convert only the pixels in use). Anything but a 16-bit
+    greyscale PNG raises :class:`ShardError`."""
+    check_depth_png(data, where)
     bits = _decode_image(data, where)
     if bits.dtype != np.uint16:  # PIL may widen 16-bit PNGs to int32 ("I" mode)
         bits = bits.astype(np.uint16)
@@ -500,13 +660,25 @@ def decode_sample(
         for name in fields:
             clip[name] = [payloads[name][i] for i in sel]
     else:
-        clip["rgb"] = np.stack([_decode_image(payloads["rgb"][i], (shard, key, "rgb"), "RGB")
-                                for i in sel])
-        clip["depth"] = np.stack([decode_depth(payloads["depth"][i], (shard, key, "depth"))
-                                  for i in sel])
+        size = _stored_size(meta)
+
+        def frames_of(name: str, decode: Callable[[bytes, tuple[str, str, str]], np.ndarray]
+                      ) -> np.ndarray:
+            out = []
+            for i in sel:
+                arr = decode(payloads[name][i], (shard, key, name))
+                if size is not None and tuple(arr.shape[:2]) != size:
+                    raise ShardError(f"frame {int(i)} is {arr.shape[1]}x{arr.shape[0]} (WxH) but "
+                                     f"the clip's image size is {size[1]}x{size[0]} "
+                                     "(meta.image_size); re-create the shard", shard=shard,
+                                     key=key, field=name)
+                out.append(arr)
+            return np.stack(out)
+
+        clip["rgb"] = frames_of("rgb", lambda d, w: _decode_image(d, w, "RGB"))
+        clip["depth"] = frames_of("depth", decode_depth)
         for m in masks:
-            clip[m] = np.stack([_decode_image(payloads[m][i], (shard, key, m)).astype(bool)
-                                for i in sel])
+            clip[m] = frames_of(m, lambda d, w: _decode_image(d, w).astype(bool))
     clip["meta"] = meta
     clip["__key__"] = key
     clip["__shard__"] = shard
@@ -523,6 +695,16 @@ def decode_sample(
         except ClipError as exc:
             raise ShardError(str(exc), shard=shard, key=key, field=exc.field) from exc
     return clip
+
+
+def _stored_size(meta: dict) -> tuple[int, int] | None:
+    """``meta["image_size"]`` as ``(H, W)``, or None when absent (validation then reports it)."""
+    size = meta.get("image_size")
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        return None
+    return h, w
 
 
 def read_clips(path: PathLike | Sequence[PathLike], validate: bool = True,

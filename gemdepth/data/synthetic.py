@@ -18,6 +18,7 @@ frames at once, with Python loops only over the few objects of a scene.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -564,12 +565,25 @@ def make_synthetic_corpus(out: str | os.PathLike, sequences: int, frames: int = 
                           clip_length: int = 32, size: tuple[int, int] = (168, 224),
                           seed: int = 0, pose_free: bool = False, workers: int = 1,
                           clips_per_shard: int = 8, progress: bool = True,
-                          config: SynthConfig | None = None) -> dict:
-    """Render a synthetic corpus into ``out`` as shards; return its index."""
+                          config: SynthConfig | None = None, *, resume: bool = False,
+                          resume_hint: str | None = None) -> dict:
+    """Render a synthetic corpus into ``out`` as shards; return its index.
+
+    ``resume=True`` finishes an interrupted run with the same arguments (its verified shards
+    are kept; see :func:`~gemdepth.data.shards.write_corpus`); ``resume_hint`` is the command
+    that does so, shown by readers that refuse the unfinished folder.
+    """
+    from dataclasses import asdict
+
     from gemdepth.data.shards import write_corpus
 
     clips = iter_synthetic_clips(sequences, frames, clip_length, size, seed, pose_free, workers,
                                  config)
     corpus = POSE_FREE_CORPUS_NAME if pose_free else CORPUS_NAME
+    source = {"format": "synthetic", "sequences": sequences, "frames": frames,
+              "clip_length": clip_length, "size": list(size), "seed": seed,
+              "pose_free": pose_free, "config": asdict(config or SynthConfig())}
     return write_corpus(clips, Path(out), corpus, clips_per_shard=clips_per_shard,
-                        progress=progress, total=sequences * (frames // clip_length))
+                        progress=progress, total=sequences * (frames // clip_length),
+                        resume=resume, source=json.loads(json.dumps(source, default=str)),
+                        resume_hint=resume_hint)

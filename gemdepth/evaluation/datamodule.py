@@ -49,17 +49,17 @@ def plan_sequences(path: str | Path, protocol: Protocol) -> tuple[list[str] | No
         ValueError: the corpus is pose-free but the metrics need poses, or a requested
             sequence is missing.
     """
-    from gemdepth.data.shards import read_index
+    from gemdepth.data.shards import read_index, require_complete
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such folder; convert the {protocol.dataset} benchmark first "
                                 f"(`gemdepth data convert {protocol.dataset} ROOT {p}`, see docs/eval_protocol.md)")
     index = read_index(p) if p.is_dir() else None
+    if p.is_dir() and (index is not None or any(p.glob("*.tar"))):
+        require_complete(p, index)  # an interrupted conversion: refused, naming --resume
     if index is None:
         return None, {}
-    if not index.get("complete", False):
-        raise ValueError(f"{p}: the corpus is incomplete (its conversion was interrupted); re-run it first")
     if index.get("corpus") not in (None, protocol.dataset):
         raise ValueError(f"{p} holds corpus {index.get('corpus')!r} but protocol {protocol.name!r} evaluates "
                          f"{protocol.dataset!r}; point data.path at the {protocol.dataset} shards")

@@ -5,16 +5,24 @@ Outputs in ``<out>/<name>/`` (see :mod:`gemdepth.inference.writers`): ``depth.np
 optionally ``depth_png16/`` and ``depth_exr/``, and ``run.json`` last (settings, counts,
 speed). The first window's results are held back (at most ``window`` frames) to fix the
 video's colour / 16-bit scale; after that every frame goes straight to the writers.
+
+``run.json`` also records what did not go to plan, so nothing is silently wrong: for video
+files the frames the container declares and the frames decoded (``source_frames_declared``,
+``source_frames_decoded``, ``source_truncated``), per-window fallbacks (``windows``: constant
+depth given scale 0, cameras left unchained because of non-finite poses) and a ``warnings``
+list in words. A failed run (a full disk, an unwritable folder) deletes its temporaries and
+leaves an earlier complete run in the folder as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import resource
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +31,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from gemdepth.atomic import atomic_write_text
 from gemdepth.inference.pointcloud import PointCloudFuser
 from gemdepth.inference.preprocess import network_size
 from gemdepth.inference.readers import FrameSource
-from gemdepth.inference.windowing import FrameResult, WindowConfig, infer_video
+from gemdepth.inference.windowing import has_split_api
+from gemdepth.inference.windowing import FrameResult, WindowConfig, WindowInfo, infer_video
 from gemdepth.inference.writers import (
     CamerasWriter,
     DepthNpzWriter,
@@ -55,6 +65,7 @@ class InferenceOptions:
     device: str | None = None
     dtype: torch.dtype = torch.float32
     chain_cameras: bool = True
+    cache_encoder: bool = True  # every frame through the encoder once (same output)
 
 
 @dataclass
@@ -68,6 +79,7 @@ class OutputOptions:
     exr: bool = False
     ply_voxel: float | None = None
     ply_max_points: int = 1_000_000
+    ply_focal: float = 470.4  # metric models without cameras: focal (px) of frame 0's cloud, the official default
     progress: bool = True
     extra_run_info: dict[str, Any] = field(default_factory=dict)
 
@@ -79,8 +91,12 @@ def _peak_rss_mb() -> float:
 class _Outputs:
     """The writers of one video, created once the colour scale and camera availability are known."""
 
-    def __init__(self, folder: Path, source: FrameSource, options: OutputOptions, chained: bool) -> None:
+    def __init__(
+        self, folder: Path, source: FrameSource, options: OutputOptions, chained: bool, metric: bool = False
+    ) -> None:
         self.folder, self.source, self.options, self.chained = folder, source, options, chained
+        self.metric = metric  # depth in metres (metric models) rather than relative disparity
+        self.pinhole_first_frame = False  # metric, no cameras: points.ply is frame 0 in its camera frame
         self.writers: list[Any] = []
         self.fuser: PointCloudFuser | None = None
         self.ready = False
@@ -95,6 +111,7 @@ class _Outputs:
         if opts.npz:
             npz = DepthNpzWriter(self.folder / "depth.npz", h, w, src.fps)
             npz.extra["range"] = np.array([self.scale.low, self.scale.high], dtype=np.float64)
+            npz.extra["units"] = np.array("metres" if self.metric else "relative_disparity")
             self.writers.append(npz)
         if opts.png16:
             self.writers.append(Png16Writer(self.folder, self.scale))
@@ -106,7 +123,12 @@ class _Outputs:
             self.writers.append(CamerasWriter(self.folder, h, w, src.fps, self.chained))
             if opts.ply:
                 max_points = opts.ply_max_points if opts.ply_voxel is None else max(opts.ply_max_points, 10_000_000)
-                self.fuser = PointCloudFuser(voxel_size=opts.ply_voxel, max_points=max_points)
+                self.fuser = PointCloudFuser(voxel_size=opts.ply_voxel, max_points=max_points, metric=self.metric)
+        elif opts.ply and self.metric:
+            # As the official metric VDA's depth_to_pointcloud: a pinhole camera (focal ply_focal px,
+            # principal point at the centre); with no predicted poses only frame 0 is back-projected.
+            self.fuser = PointCloudFuser(voxel_size=opts.ply_voxel, max_points=opts.ply_max_points, metric=True)
+            self.pinhole_first_frame = True
         elif opts.ply:
             log.warning("%s: the model predicts no cameras, so no cameras.* and no points.ply", src.name)
         self.ready = True
@@ -115,15 +137,28 @@ class _Outputs:
         number = _frame_number(self.source, result.index)
         for writer in self.writers:
             writer.add(result, number)
-        if self.fuser is not None:
+        if self.fuser is not None and self.pinhole_first_frame:
+            if self.fuser.frames == 0:
+                h, w = result.depth.shape
+                f = self.options.ply_focal
+                k = np.array([[f, 0.0, w / 2], [0.0, f, h / 2], [0.0, 0.0, 1.0]], dtype=np.float32)
+                self.fuser.add(replace(result, intrinsics=k, extrinsics=np.eye(4, dtype=np.float32)))
+        elif self.fuser is not None:
             self.fuser.add(result)
 
     def commit(self) -> list[str]:
+        """Finish every writer (all the writing, where a full disk shows up) before renaming any,
+        so a failure there leaves an earlier run's files as they were; the earlier ``run.json``
+        goes before the renames, so a folder that is half old, half new never looks complete."""
+        for writer in self.writers:
+            writer.finish()
+        ply = self.fuser is not None and self.fuser.write(self.folder / "points.ply")  # atomic itself
+        (self.folder / "run.json").unlink(missing_ok=True)
         written: list[str] = []
         for writer in self.writers:
-            out = writer.commit()
+            out = writer.publish()
             written += [p.name for p in (out if isinstance(out, list) else [out])]
-        if self.fuser is not None and self.fuser.write(self.folder / "points.ply"):
+        if ply:
             written.append("points.ply")
         return written
 
@@ -131,9 +166,37 @@ class _Outputs:
         for writer in self.writers:
             try:
                 writer.abort()
-            except Exception:  # noqa: BLE001 - best effort cleanup, the original error is raised
-                log.exception("cleaning up %s failed", writer)
-        partial_path(self.folder / "points.ply").unlink(missing_ok=True)
+            except Exception as err:  # noqa: BLE001 - best effort cleanup, the original error is raised
+                log.warning("cleaning up %s failed (%s: %s)", getattr(writer, "tmp", writer), type(err).__name__, err)
+        try:
+            partial_path(self.folder / "points.ply").unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("could not remove %s (%s)", partial_path(self.folder / "points.ply"), err.strerror or err)
+
+
+class _WindowLog:
+    """Counts the windows whose alignment or camera chaining fell back to a default (each is
+    also logged where it happens), for ``run.json``."""
+
+    def __init__(self, metric: bool) -> None:
+        self.metric = metric
+        self.windows = 0
+        self.constant = 0  # depth constant over the alignment frames: scale 0
+        self.cameras_unchained = 0  # no similarity could be fitted (non-finite poses)
+
+    def __call__(self, info: WindowInfo) -> None:
+        self.windows += 1
+        if info.index > 0 and not self.metric and info.scale == 0.0:
+            self.constant += 1
+        if info.camera_similarity is not None and getattr(info.camera_similarity, "fallback", None):
+            self.cameras_unchained += 1
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "count": self.windows,
+            "constant_depth_scale_zero": self.constant,
+            "cameras_unchained_non_finite": self.cameras_unchained,
+        }
 
 
 def _frame_number(source: FrameSource | Iterable[np.ndarray], index: int) -> int:
@@ -161,9 +224,13 @@ def run_source(
     config = WindowConfig(inf.window, inf.overlap, inf.keyframes, inf.interp)
     net_hw = network_size(source.height, source.width, inf.input_size)  # fails early on absurd aspect
     folder = Path(out_root) / source.name
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "it exists and is not a folder", str(folder))
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    out = _Outputs(folder, source, opts, inf.chain_cameras)
+    metric = bool(getattr(model, "is_metric", False))
+    out = _Outputs(folder, source, opts, inf.chain_cameras, metric)
+    windows = _WindowLog(metric)
     calibration = config.window - config.interp
     held: list[FrameResult] = []
     count = 0
@@ -181,6 +248,8 @@ def run_source(
             device=inf.device,
             dtype=inf.dtype,
             chain_cameras=inf.chain_cameras,
+            on_window=windows,
+            cache_encoder=inf.cache_encoder,
         )
         for result in stream:
             count += 1
@@ -218,6 +287,9 @@ def run_source(
         "window": asdict(config) | {"stride": config.stride},
         "chained_cameras": inf.chain_cameras if out.has_cameras else None,
         "precision": str(inf.dtype).replace("torch.", ""),
+        "encoder_cache": inf.cache_encoder and has_split_api(model),
+        "depth": "metric depth in metres" if metric else "relative disparity (affine-invariant inverse depth)",
+        "metric": metric,
         "colour_range": out.scale.as_dict() if out.scale else None,
         "outputs": written,
         "seconds": round(seconds, 3),
@@ -230,9 +302,49 @@ def run_source(
             "voxel": out.fuser.voxel,
             "points_dropped_out_of_range": out.fuser.dropped_out_of_range,
             "frames_without_points": out.fuser.frames_without_points,
+            "units": "metres" if metric else "relative",
         }
-    run_json = folder / "run.json"
-    tmp = partial_path(run_json)
-    tmp.write_text(json.dumps(info, indent=1, default=str))
-    tmp.replace(run_json)
+        if out.pinhole_first_frame:
+            info["point_cloud"]["frames"] = "frame 0 only, in its camera frame (the model predicts no cameras)"
+            info["point_cloud"]["intrinsics"] = {"focal_px": opts.ply_focal, "principal_point": "image centre"}
+    info["windows"] = windows.as_dict()
+    info |= _source_counts(source)
+    info["warnings"] = _warnings(source.name, info)
+    atomic_write_text(folder / "run.json", json.dumps(info, indent=1, default=str))
     return info
+
+
+def _source_counts(source: FrameSource) -> dict[str, Any]:
+    """The container's declared frame count and the frames actually decoded (video files)."""
+    declared = getattr(source, "frames_declared", None)
+    decoded = getattr(source, "frames_decoded", None)
+    if decoded is None:
+        return {}
+    return {
+        "source_frames_declared": declared,
+        "source_frames_decoded": decoded,
+        "source_truncated": bool(getattr(source, "truncated", None)),
+        "source_decode_error": getattr(source, "decode_error", None),
+    }
+
+
+def _warnings(name: str, info: dict[str, Any]) -> list[str]:
+    """One line per thing in this run that fell back or came out short (also in run.json)."""
+    out: list[str] = []
+    if info.get("source_truncated"):
+        out.append(
+            f"{name}: the container declares {info['source_frames_declared']} frames but only "
+            f"{info['source_frames_decoded']} could be decoded (truncated or damaged file)"
+        )
+    w = info["windows"]
+    if w["constant_depth_scale_zero"]:
+        out.append(
+            f"{name}: {w['constant_depth_scale_zero']} of {w['count']} windows had constant depth on their "
+            f"alignment frames and were given scale 0"
+        )
+    if w["cameras_unchained_non_finite"]:
+        out.append(
+            f"{name}: {w['cameras_unchained_non_finite']} of {w['count']} windows had non-finite camera poses "
+            f"and were not chained (identity similarity)"
+        )
+    return out

@@ -1,7 +1,7 @@
 """One fused, coloured point cloud from all frames, voxel-downsampled in bounded memory.
 
 Each frame is back-projected as the official ``run_video_pointcloud``: depth = 1 / disparity
-(pixels with disparity ≤ 1e-6 dropped), with the frame's predicted intrinsics, moved to the
+(pixels with disparity ≤ 1e-6 dropped; ``metric=True``: the values are depth in metres), with the frame's predicted intrinsics, moved to the
 world by its predicted camera. Far points (depth beyond ``max_depth_ratio`` × the frame's
 median depth, mostly sky) are dropped too. Points go into a voxel grid that keeps, per
 occupied voxel, the sum of positions and colours and a count; the PLY holds one point per voxel
@@ -55,6 +55,7 @@ class PointCloudFuser:
         pixels_per_frame: int = 65536,
         max_depth_ratio: float = 20.0,
         batch_points: int = 1 << 20,
+        metric: bool = False,
     ) -> None:
         if voxel_size is not None and not voxel_size > 0:
             raise ValueError(f"voxel size must be > 0, got {voxel_size}")
@@ -65,6 +66,7 @@ class PointCloudFuser:
         self.pixels_per_frame = int(pixels_per_frame)
         self.max_depth_ratio = float(max_depth_ratio)
         self.batch_points = int(batch_points)
+        self.metric = bool(metric)  # results hold metric depth (metres), not disparity
         self.keys = torch.empty(0, dtype=torch.int64)
         self.sums = torch.empty(0, 7, dtype=torch.float64)  # x, y, z, r, g, b, count
         self._pending: list[Tensor] = []
@@ -91,7 +93,7 @@ class PointCloudFuser:
             self.frames += 1
             self.frames_without_points += 1
             return
-        z = 1.0 / disp[valid].to(torch.float64)
+        z = disp[valid].to(torch.float64) if self.metric else 1.0 / disp[valid].to(torch.float64)
         median = float(z.median())
         near = z <= self.max_depth_ratio * median
         z, u, v = z[near], u[valid][near], v[valid][near]
@@ -174,7 +176,7 @@ class PointCloudFuser:
             )
         comment = (
             f"gemdepth fused point cloud: {self.frames} frames, voxel {self.voxel:.6g} "
-            f"(depth = 1/disparity, relative scale)"
+            + ("(metric depth, metres)" if self.metric else "(depth = 1/disparity, relative scale)")
         )
         write_ply(path, xyz, rgb, comment=comment)
         return int(xyz.shape[0])

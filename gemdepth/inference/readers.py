@@ -9,10 +9,17 @@ Sampling options, the same for both kinds: ``start`` / ``end`` (source frame num
 exclusive), ``stride`` (every n-th frame) or ``fps`` (target rate: stride = round(source fps /
 fps), at least 1, as Video Depth Anything), and ``max_resolution`` (longest side, downscaled
 with Pillow's bicubic filter, which antialiases).
+
+A video that ends early (a truncated file whose index is at the front, such as a faststart
+mp4 or an mkv, decodes cleanly up to the cut) or whose decoding fails after some frames is
+not silently short: after each full pass the reader compares the frames decoded with the
+count the container declares, logs a warning naming both, and keeps them in
+``frames_declared`` / ``frames_decoded`` / ``truncated`` / ``decode_error``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,6 +51,17 @@ MAX_SOURCE_SIDE = 16384  # larger frames are refused outright
 MAX_SIDE = 8192  # frames processed larger than this need --max-res
 MIN_SIDE = 2
 DEFAULT_FOLDER_FPS = 30.0
+
+log = logging.getLogger(__name__)
+
+
+def _tag_seconds(value: str | None) -> float | None:
+    """Seconds of a Matroska ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``); ``None`` if absent or odd."""
+    match = re.fullmatch(r"(\d+):(\d{2}):(\d{2}(?:\.\d+)?)", (value or "").strip())
+    if not match:
+        return None
+    h, m, sec = match.groups()
+    return int(h) * 3600 + int(m) * 60 + float(sec)
 
 
 class InputError(ValueError):
@@ -144,7 +162,13 @@ class FrameSource:
 
 
 class VideoFileSource(FrameSource):
-    """A video file decoded lazily with PyAV (FFmpeg)."""
+    """A video file decoded lazily with PyAV (FFmpeg).
+
+    ``frames_declared``: the number of frames the container declares (its frame count, else
+    its duration × rate; ``None`` if it says neither). After a full pass, ``frames_decoded``
+    is the number of source frames decoded, ``decode_error`` the decoder's error if decoding
+    stopped on one, and ``truncated`` whether fewer frames came out than declared.
+    """
 
     def __init__(self, path: str | Path, sampling: Sampling | None = None) -> None:
         import av
@@ -165,16 +189,33 @@ class VideoFileSource(FrameSource):
                 self.source_fps = float(rate) if rate else 30.0
                 src_h, src_w = int(stream.codec_context.height), int(stream.codec_context.width)
                 total = int(stream.frames) if stream.frames else None
+                # what the container declares, to tell a truncated file: a frame count (exact), else
+                # the video stream's own duration (mkv: its DURATION tag), off by a frame or so at most
+                self._declared_slack = 0.0
+                seconds = None
                 if total is None and stream.duration and stream.time_base:
-                    total = int(round(float(stream.duration * stream.time_base) * self.source_fps))
+                    seconds = float(stream.duration * stream.time_base)
+                elif total is None:
+                    seconds = _tag_seconds(stream.metadata.get("DURATION"))
+                if seconds:
+                    total = int(round(seconds * self.source_fps))
+                    self._declared_slack = 0.01
+                declared = total
                 if total is None and container.duration:  # microseconds (AV_TIME_BASE)
                     total = int(round(container.duration / 1e6 * self.source_fps))
+                    # it spans every stream (a longer audio track): a declaration only for video alone
+                    declared = total if len(container.streams) == 1 else None
+                    self._declared_slack = 0.02
         except av.error.FFmpegError as err:
             raise InputError(
                 f"{self.path}: cannot be opened as a video ({err}); is it a complete mp4/mov/avi/mkv/webm file?"
             ) from err
         if src_h and src_w:
             _check_size(src_h, src_w, str(self.path), self.sampling.max_resolution)
+        self.frames_declared: int | None = declared
+        self.frames_decoded: int | None = None  # set by each full pass
+        self.truncated = False
+        self.decode_error: str | None = None
         self._step = self.sampling.step(self.source_fps)
         self.fps = self.source_fps / self._step
         frames = iter(self)
@@ -201,6 +242,9 @@ class VideoFileSource(FrameSource):
         sampling = self.sampling
         size: tuple[int, int] | None = None
         index = -1
+        yielded = 0
+        reached_end = False  # stopped at sampling.end, not at the end of the data
+        error: str | None = None
         try:
             with av.open(str(self.path)) as container:
                 stream = container.streams.video[0]
@@ -208,6 +252,7 @@ class VideoFileSource(FrameSource):
                 for frame in container.decode(stream):
                     index += 1
                     if sampling.end is not None and index >= sampling.end:
+                        reached_end = True
                         break
                     if not sampling.selects(index, self._step):
                         continue
@@ -222,11 +267,34 @@ class VideoFileSource(FrameSource):
                             f"{self.path}: frame {index} is {h}x{w} but earlier frames were different; "
                             f"videos whose resolution changes mid-stream are not supported (re-encode it)"
                         )
+                    yielded += 1
                     yield image
         except av.error.FFmpegError as err:
-            raise InputError(
-                f"{self.path}: decoding failed after frame {index} ({err}); the file may be truncated"
-            ) from err
+            if not yielded:
+                raise InputError(
+                    f"{self.path}: decoding failed after frame {index} ({err}); the file may be truncated"
+                ) from err
+            error = f"{type(err).__name__}: {err}"  # keep what was decoded; _end_of_pass warns
+        self._end_of_pass(index if reached_end else index + 1, reached_end, error)
+
+    def _end_of_pass(self, decoded: int, reached_end: bool, error: str | None) -> None:
+        """Record and warn when the data ended before the declared frame count (or on an error)."""
+        self.frames_decoded, self.decode_error = decoded, error
+        expected = self.frames_declared
+        if expected is not None and self.sampling.end is not None:
+            expected = min(expected, self.sampling.end)
+        slack = math.ceil(self._declared_slack * (expected or 0)) + (self._declared_slack > 0)
+        short = expected is not None and not reached_end and decoded < expected - slack
+        self.truncated = short or (error is not None and (expected is None or decoded < expected))
+        if self.truncated:
+            declared = f"declares {self.frames_declared} frames" if self.frames_declared else "declares no frame count"
+            log.warning(
+                "%s: the container %s but only %d could be decoded (%s): the file is truncated or damaged, "
+                "so the results stop at source frame %d",
+                self.path, declared, decoded, error or "the data ends early", decoded - 1,
+            )
+        elif error is not None:
+            log.warning("%s: decoding ended with an error after all %d frames (%s)", self.path, decoded, error)
 
 
 class ImageFolderSource(FrameSource):
@@ -245,10 +313,13 @@ class ImageFolderSource(FrameSource):
             if self.path.is_file():
                 files = [self.path]
             elif self.path.is_dir():
-                files = sorted(
-                    (p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                    key=lambda p: natural_key(p.name),
-                )
+                try:
+                    files = sorted(
+                        (p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                        key=lambda p: natural_key(p.name),
+                    )
+                except OSError as err:
+                    raise InputError(f"{self.path}: the folder cannot be read ({err.strerror or err})") from err
             else:
                 raise InputError(f"{self.path}: no such file or folder")
         if not files:
@@ -329,7 +400,11 @@ def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            entries = [e for e in p.iterdir() if e.is_file()]
+            try:
+                entries = [e for e in p.iterdir() if e.is_file()]
+            except OSError:  # unreadable: reported by name when it is opened
+                out.append(p)
+                continue
             has_images = any(e.suffix.lower() in IMAGE_EXTENSIONS for e in entries)
             videos = sorted(
                 (e for e in entries if e.suffix.lower() in VIDEO_EXTENSIONS), key=lambda e: natural_key(e.name)

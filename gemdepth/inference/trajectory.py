@@ -14,11 +14,15 @@ frames, slot 0 = video frame 0 among them):
 * ``s, t``: least squares on the camera centres with ``R`` fixed. When the fit gives ``s ≤ 0``
   the ratio of the centres' RMS spreads is used; ``s = 1`` when the window's centres do not
   spread at all (a static camera: its scale cannot be told).
+* Non-finite poses (a diverged prediction) cannot be fitted: the identity is used, a warning
+  says so, and the returned similarity's ``fallback`` names the reason (so callers can count it).
 
 Everything is float64 on the CPU (a handful of 4×4 matrices per window).
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
@@ -28,11 +32,21 @@ from gemdepth.geometry import invert_rigid
 
 __all__ = ["Similarity", "fit_window_similarity", "apply_similarity"]
 
+log = logging.getLogger(__name__)
+
 
 class Similarity:
-    """``X' = s·R·X + t`` (``R`` 3×3, ``t`` 3-vector, ``s`` > 0), float64."""
+    """``X' = s·R·X + t`` (``R`` 3×3, ``t`` 3-vector, ``s`` > 0), float64. ``fallback``: why no
+    similarity could be fitted and the identity stands in (``None`` for a fitted one)."""
 
-    def __init__(self, scale: float = 1.0, rotation: Tensor | None = None, translation: Tensor | None = None):
+    def __init__(
+        self,
+        scale: float = 1.0,
+        rotation: Tensor | None = None,
+        translation: Tensor | None = None,
+        fallback: str | None = None,
+    ) -> None:
+        self.fallback = fallback
         self.scale = float(scale)
         self.rotation = torch.eye(3, dtype=torch.float64) if rotation is None else rotation.to(torch.float64)
         self.translation = torch.zeros(3, dtype=torch.float64) if translation is None else translation.to(torch.float64)
@@ -55,8 +69,15 @@ def fit_window_similarity(window_extrinsics: Tensor, chain_extrinsics: Tensor, e
     onto the chain's world (``chain_extrinsics``, the same N frames as already chained)."""
     a = invert_rigid(window_extrinsics.to(torch.float64))  # camera-to-world, window coordinates
     b = invert_rigid(chain_extrinsics.to(torch.float64))
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return Similarity()
+    bad_a = int((~torch.isfinite(a).flatten(1).all(1)).sum())
+    bad_b = int((~torch.isfinite(b).flatten(1).all(1)).sum())
+    if bad_a or bad_b:
+        reason = (
+            f"non-finite camera poses on the shared frames ({bad_a} of {len(a)} in the window, "
+            f"{bad_b} of {len(b)} in the chain)"
+        )
+        log.warning("cannot chain a window's cameras: %s; its poses are kept unchained (identity)", reason)
+        return Similarity(fallback=reason)
     rot = _project_so3((b[:, :3, :3] @ a[:, :3, :3].transpose(-1, -2)).sum(0))
     ca, cb = a[:, :3, 3], b[:, :3, 3]
     ma, mb = ca.mean(0), cb.mean(0)

@@ -5,12 +5,17 @@ Every writer takes frames one at a time (``add``) and keeps at most one frame in
 ``.npz`` at the end, member by member, through :mod:`zipfile`. Everything is written under a
 temporary name in the output folder (``.<name>.partial``) and renamed only by ``commit()``;
 ``abort()`` deletes the temporaries, so an interrupted run never leaves a file that looks
-finished.
+finished. ``commit()`` is ``finish()`` (all the writing: where a full disk shows up) then
+``publish()`` (only renames), so a caller can finish every writer before renaming any. Finished files are fsynced before the rename. A writer whose constructor fails
+(a full disk, a read-only folder) removes what it had created before the error propagates, and
+``abort()`` never raises: a temporary that cannot be removed is logged by name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import zipfile
@@ -21,6 +26,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
+from gemdepth.atomic import fsync_file
 from gemdepth.inference.windowing import FrameResult
 
 __all__ = [
@@ -36,6 +42,8 @@ __all__ = [
     "exr_available",
 ]
 
+log = logging.getLogger(__name__)
+
 _COPY_CHUNK = 1 << 17  # bounded copy buffer when packing the npz
 
 
@@ -45,7 +53,7 @@ def partial_path(path: Path) -> Path:
 
 
 def replace_path(tmp: Path, final: Path) -> None:
-    """Move a finished file or folder into place, replacing an older one."""
+    """Move a finished file or folder into place (a file is fsynced first), replacing an older one."""
     if tmp.is_dir():
         if final.exists():
             old = final.with_name(f".{final.name}.old")
@@ -56,14 +64,29 @@ def replace_path(tmp: Path, final: Path) -> None:
         else:
             os.replace(tmp, final)
     else:
+        fsync_file(tmp)
         os.replace(tmp, final)
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    """Delete a temporary file or folder; never raises (a failure is logged with the path)."""
+    try:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as err:
+        log.warning("could not remove the temporary %s (%s); delete it by hand", path, err.strerror or err)
+
+
+@contextlib.contextmanager
+def _undo_on_error(writer: Any) -> Any:
+    """Run a writer's constructor; if it fails, ``writer.abort()`` removes what was created."""
+    try:
+        yield
+    except BaseException:
+        writer.abort()
+        raise
 
 
 # --------------------------------------------------------------------------- colour scale
@@ -134,7 +157,8 @@ class _Spool:
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
         self.count = 0
-        self._file: BinaryIO | None = open(path, "wb")
+        self._file: BinaryIO | None = None
+        self._file = open(path, "wb")
 
     def add(self, array: np.ndarray) -> None:
         array = np.asarray(array, dtype=self.dtype)
@@ -146,8 +170,8 @@ class _Spool:
 
     def finish(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            file.close()  # may raise (ENOSPC on the last flush); the file is closed anyway
 
     def write_member(self, zf: zipfile.ZipFile, name: str) -> None:
         self.finish()
@@ -161,8 +185,10 @@ class _Spool:
             shutil.copyfileobj(raw, member, _COPY_CHUNK)
 
     def remove(self) -> None:
-        self.finish()
-        self.path.unlink(missing_ok=True)
+        """Close and delete the spool file; never raises (see :func:`_remove`)."""
+        with contextlib.suppress(OSError):
+            self.finish()
+        _remove(self.path)
 
 
 def _write_npz(path: Path, spools: dict[str, _Spool], arrays: dict[str, Any]) -> None:
@@ -181,16 +207,22 @@ class DepthNpzWriter:
     def __init__(self, path: Path, height: int, width: int, fps: float) -> None:
         self.path = Path(path)
         self.tmp = partial_path(self.path)
-        self._spool = _Spool(self.tmp.with_suffix(".depth.raw"), (height, width), np.float16)
-        self._indices = _Spool(self.tmp.with_suffix(".index.raw"), (), np.int64)
+        self._spools: list[_Spool] = []
+        with _undo_on_error(self):
+            self._spool = self._new_spool(_Spool(self.tmp.with_suffix(".depth.raw"), (height, width), np.float16))
+            self._indices = self._new_spool(_Spool(self.tmp.with_suffix(".index.raw"), (), np.int64))
         self.fps = fps
         self.extra: dict[str, Any] = {}
+
+    def _new_spool(self, spool: _Spool) -> _Spool:
+        self._spools.append(spool)
+        return spool
 
     def add(self, result: FrameResult, source_index: int) -> None:
         self._spool.add(result.depth.astype(np.float16))
         self._indices.add(np.int64(source_index))
 
-    def commit(self) -> Path:
+    def finish(self) -> None:
         _write_npz(
             self.tmp,
             {"depth": self._spool, "frame_indices": self._indices},
@@ -198,12 +230,18 @@ class DepthNpzWriter:
         )
         self._spool.remove()
         self._indices.remove()
+
+    def publish(self) -> Path:
         replace_path(self.tmp, self.path)
         return self.path
 
+    def commit(self) -> Path:
+        self.finish()
+        return self.publish()
+
     def abort(self) -> None:
-        self._spool.remove()
-        self._indices.remove()
+        for spool in self._spools:
+            spool.remove()
         _remove(self.tmp)
 
 
@@ -216,11 +254,22 @@ class CamerasWriter:
         self.npz = Path(folder) / "cameras.npz"
         self.json = Path(folder) / "cameras.json"
         self.tmp_npz, self.tmp_json = partial_path(self.npz), partial_path(self.json)
-        self._extr = _Spool(self.tmp_npz.with_suffix(".extr.raw"), (4, 4), np.float32)
-        self._intr = _Spool(self.tmp_npz.with_suffix(".intr.raw"), (3, 3), np.float32)
-        self._index = _Spool(self.tmp_npz.with_suffix(".index.raw"), (), np.int64)
+        self._spools: list[_Spool] = []
+        self._json: Any = None
+        with _undo_on_error(self):
+            self._extr = self._new_spool(_Spool(self.tmp_npz.with_suffix(".extr.raw"), (4, 4), np.float32))
+            self._intr = self._new_spool(_Spool(self.tmp_npz.with_suffix(".intr.raw"), (3, 3), np.float32))
+            self._index = self._new_spool(_Spool(self.tmp_npz.with_suffix(".index.raw"), (), np.int64))
+            self._json = open(self.tmp_json, "w", encoding="utf-8")
+            self._write_head(height, width, fps, chained)
         self.size = (height, width)
-        self._json = open(self.tmp_json, "w", encoding="utf-8")
+        self._first = True
+
+    def _new_spool(self, spool: _Spool) -> _Spool:
+        self._spools.append(spool)
+        return spool
+
+    def _write_head(self, height: int, width: int, fps: float, chained: bool) -> None:
         head = {
             "convention": "extrinsics are world-to-camera [R|t; 0 0 0 1], OpenCV axes (x right, y down, z forward); "
             "intrinsics in pixels of the frames; world = the first frame's predicted camera frame",
@@ -231,7 +280,6 @@ class CamerasWriter:
             "fps": fps,
         }
         self._json.write(json.dumps(head, indent=1)[:-2] + ',\n "frames": [')
-        self._first = True
 
     def add(self, result: FrameResult, source_index: int) -> None:
         if result.extrinsics is None or result.intrinsics is None:
@@ -248,7 +296,7 @@ class CamerasWriter:
         self._json.write(("\n  " if self._first else ",\n  ") + json.dumps(entry))
         self._first = False
 
-    def commit(self) -> list[Path]:
+    def finish(self) -> None:
         self._json.write("\n ]\n}\n")
         self._json.close()
         _write_npz(
@@ -258,14 +306,21 @@ class CamerasWriter:
         )
         for spool in (self._extr, self._intr, self._index):
             spool.remove()
+
+    def publish(self) -> list[Path]:
         replace_path(self.tmp_npz, self.npz)
         replace_path(self.tmp_json, self.json)
         return [self.npz, self.json]
 
+    def commit(self) -> list[Path]:
+        self.finish()
+        return self.publish()
+
     def abort(self) -> None:
-        if not self._json.closed:
-            self._json.close()
-        for spool in (self._extr, self._intr, self._index):
+        if self._json is not None and not self._json.closed:
+            with contextlib.suppress(OSError):  # the last flush may fail on a full disk
+                self._json.close()
+        for spool in self._spools:
             spool.remove()
         _remove(self.tmp_npz)
         _remove(self.tmp_json)
@@ -281,7 +336,8 @@ class Png16Writer:
         self.final = Path(folder) / "depth_png16"
         self.tmp = partial_path(self.final)
         _remove(self.tmp)
-        self.tmp.mkdir(parents=True)
+        with _undo_on_error(self):
+            self.tmp.mkdir(parents=True)
         self.scale = 65535.0 / (2.0 * scale.peak)
         self.clipped = 0
 
@@ -290,11 +346,17 @@ class Png16Writer:
         self.clipped += int((value > 65535).sum())
         Image.fromarray(np.clip(value, 0, 65535).astype(np.uint16)).save(self.tmp / f"{source_index:06d}.png")
 
-    def commit(self) -> Path:
+    def finish(self) -> None:
         meta = {"disparity": "value / scale", "scale": self.scale, "clipped_pixels": self.clipped}
         (self.tmp / "scale.json").write_text(json.dumps(meta, indent=1))
+
+    def publish(self) -> Path:
         replace_path(self.tmp, self.final)
         return self.final
+
+    def commit(self) -> Path:
+        self.finish()
+        return self.publish()
 
     def abort(self) -> None:
         _remove(self.tmp)
@@ -322,16 +384,24 @@ class ExrWriter:
         self.final = Path(folder) / "depth_exr"
         self.tmp = partial_path(self.final)
         _remove(self.tmp)
-        self.tmp.mkdir(parents=True)
+        with _undo_on_error(self):
+            self.tmp.mkdir(parents=True)
 
     def add(self, result: FrameResult, source_index: int) -> None:
         header = {"compression": self._exr.ZIP_COMPRESSION, "type": self._exr.scanlineimage}
         image = self._exr.File(header, {"Z": np.ascontiguousarray(result.depth, dtype=np.float32)})
         image.write(str(self.tmp / f"{source_index:06d}.exr"))
 
-    def commit(self) -> Path:
+    def finish(self) -> None:
+        """Nothing left to write: every frame was written by ``add``."""
+
+    def publish(self) -> Path:
         replace_path(self.tmp, self.final)
         return self.final
+
+    def commit(self) -> Path:
+        self.finish()
+        return self.publish()
 
     def abort(self) -> None:
         _remove(self.tmp)
@@ -359,7 +429,13 @@ class DepthVideoWriter:
         self.scale = scale
         factor = min(1.0, max_width / (2 * width))
         self.half = (max(2, int(round(height * factor)) // 2 * 2), max(2, int(round(width * factor)) // 2 * 2))
-        self.container = av.open(str(self.tmp), mode="w", format="mp4")
+        self.container: Any = None
+        with _undo_on_error(self):
+            self.container = av.open(str(self.tmp), mode="w", format="mp4")
+            self._add_stream(fps)
+        self._av = av
+
+    def _add_stream(self, fps: float) -> None:
         codec = video_codec()
         rate = Fraction(fps).limit_denominator(1001)
         self.stream = self.container.add_stream(codec, rate=rate)
@@ -369,7 +445,6 @@ class DepthVideoWriter:
             self.stream.options = {"crf": "18", "preset": "veryfast"}
         else:
             self.stream.bit_rate = 8_000_000
-        self._av = av
 
     def _fit(self, image: np.ndarray) -> np.ndarray:
         if image.shape[:2] == self.half:
@@ -385,16 +460,26 @@ class DepthVideoWriter:
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 
-    def commit(self) -> Path:
+    def finish(self) -> None:
         for packet in self.stream.encode():
             self.container.mux(packet)
         self.container.close()
+        self.container = None
+
+    def publish(self) -> Path:
         replace_path(self.tmp, self.path)
         return self.path
 
+    def commit(self) -> Path:
+        self.finish()
+        return self.publish()
+
     def abort(self) -> None:
-        try:
-            self.container.close()
-        except Exception:  # noqa: BLE001 - the file is deleted anyway
-            pass
+        if self.container is not None:
+            try:
+                self.container.close()
+            except Exception as err:  # noqa: BLE001 - the file is deleted next; say why closing failed
+                log.warning("aborting %s: closing the unfinished video failed (%s: %s); it is deleted", self.tmp,
+                            type(err).__name__, err)
+            self.container = None
         _remove(self.tmp)

@@ -6,6 +6,13 @@ Module and parameter names follow the official head (``projects``, ``resize_laye
 One deliberate difference: ``refinenet4`` has no ``resConfUnit1`` (it never gets a skip input,
 so the official parameters are dead weight; the adapters account for them by name).
 
+Memory: every stage that treats frames independently runs on slices of frames whose size comes
+from the ``max_memory`` budget (:mod:`gemdepth.models.chunking`); only what must see the whole
+clip (hooks, VDA's motion modules) sees it. The full-resolution fusion (``refinenet2``,
+``refinenet1``) and the output convolutions thus hold a few frames at a time, with the same numbers
+as one call on all frames. ``checkpointing=True`` recomputes each stage in backward
+(``torch.utils.checkpoint``, non-reentrant) instead of keeping its activations.
+
 Hooks (the paper's Table 7 positions): ``"mid"`` acts on ``path_4``, the fused map at the patch
 grid; ``"late"`` on ``path_1``, the last fused map right before ``output_conv1``. Each is a
 ``Callable[[Tensor (B·T, C, h, w)], Tensor]`` returning the same shape.
@@ -14,10 +21,14 @@ grid; ``"late"`` on ``path_1``, the last fused map right before ``output_conv1``
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, map_rows, rows_per_chunk
 
 Hook = Callable[[Tensor], Tensor]
 HOOK_NAMES = ("mid", "late")
@@ -70,11 +81,21 @@ def _apply(hooks: Mapping[str, Hook] | None, name: str, x: Tensor) -> Tensor:
     return y
 
 
+def _has(hooks: Mapping[str, Hook] | None, name: str) -> bool:
+    return bool(hooks) and name in hooks  # type: ignore[operator]
+
+
+Features = Sequence[tuple[Tensor, Tensor]]
+
+
 class DPTHead(nn.Module):
     """Depth Anything V2's DPT head: 4 token maps → ``(B·T, 1, 14h, 14w)`` (before the final ReLU).
 
     ``num_frames`` is accepted (and ignored: frames are independent) so a config switches host
-    between ``dav2`` and ``vda`` with one edit; ``max_frames`` is ``None`` here.
+    between ``dav2`` and ``vda`` with one edit; ``max_frames`` is ``None`` here. ``max_memory``
+    (bytes or ``None``) bounds the working memory of each frame slice; ``checkpointing`` turns on
+    activation checkpointing of the stages in training; ``channels_last`` runs the
+    full-resolution convolutions in channels-last memory format (an option: see the benchmark).
     """
 
     max_frames: int | None = None
@@ -87,12 +108,23 @@ class DPTHead(nn.Module):
         use_bn: bool = False,
         use_clstoken: bool = False,
         num_frames: int | None = None,
+        metric: bool = False,
+        max_depth: float | None = None,
     ) -> None:
         super().__init__()
+        # metric: the output is depth in metres, not relative disparity (metric VDA: same layers);
+        # max_depth: metric DAv2's output, sigmoid · max_depth (its last activation is a Sigmoid).
+        self.metric = bool(metric or max_depth is not None)
+        self.max_depth = None if max_depth is None else float(max_depth)
         if len(out_channels) != 4:
             raise ValueError(f"out_channels must have 4 entries, got {list(out_channels)}")
+        self.in_channels = in_channels
         self.features = features
+        self.out_channels = list(out_channels)
         self.use_clstoken = use_clstoken
+        self.max_memory: int | None = DEFAULT_MAX_MEMORY
+        self.checkpointing = False
+        self.channels_last = False
         c = list(out_channels)
         self.projects = nn.ModuleList([nn.Conv2d(in_channels, ch, 1) for ch in c])
         self.resize_layers = nn.ModuleList(
@@ -119,42 +151,131 @@ class DPTHead(nn.Module):
             nn.Conv2d(features // 2, HEAD_FEATURES_2, 3, padding=1),
             nn.ReLU(True),
             nn.Conv2d(HEAD_FEATURES_2, 1, 1),
-            nn.ReLU(True),
+            nn.ReLU(True) if max_depth is None else nn.Sigmoid(),
             nn.Identity(),
         )
         self.scratch = scratch
 
-    def reassemble(self, features: Sequence[tuple[Tensor, Tensor]], patch_h: int, patch_w: int) -> list[Tensor]:
+    # ------------------------------------------------------------------ per-frame pieces
+    def level(self, i: int, tokens: Tensor, cls: Tensor, patch_h: int, patch_w: int) -> Tensor:
+        """Token map ``i`` → its image-like map (4×, 2×, 1× or ½× the patch grid)."""
+        if self.use_clstoken:
+            readout = cls.unsqueeze(1).expand_as(tokens)
+            tokens = self.readout_projects[i](torch.cat([tokens, readout], dim=-1))
+        x = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], patch_h, patch_w)
+        return self.resize_layers[i](self.projects[i](x))
+
+    def reassemble(self, features: Features, patch_h: int, patch_w: int) -> list[Tensor]:
         """Token maps → 4 image-like maps at 4×, 2×, 1× and ½× the patch grid."""
-        out = []
-        for i, (tokens, cls) in enumerate(features):
-            if self.use_clstoken:
-                readout = cls.unsqueeze(1).expand_as(tokens)
-                tokens = self.readout_projects[i](torch.cat([tokens, readout], dim=-1))
-            x = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], patch_h, patch_w)
-            out.append(self.resize_layers[i](self.projects[i](x)))
-        return out
+        return [self.level(i, t, c, patch_h, patch_w) for i, (t, c) in enumerate(features)]
 
     def output(self, path_1: Tensor, patch_h: int, patch_w: int) -> Tensor:
         """Last fused map → one-channel depth at the network's input size (14 px per patch)."""
         out = self.scratch.output_conv1(path_1)
         out = F.interpolate(out, size=(patch_h * 14, patch_w * 14), mode="bilinear", align_corners=True)
-        return self.scratch.output_conv2(out)
+        return self.scale_output(self.scratch.output_conv2(out))
+
+    def scale_output(self, out: Tensor) -> Tensor:
+        """Metric DAv2 heads: sigmoid output → metres (× ``max_depth``); identity otherwise."""
+        return out if self.max_depth is None else out * self.max_depth
+
+    def _low(self, f3: tuple[Tensor, Tensor], f4: tuple[Tensor, Tensor], patch_h: int, patch_w: int
+             ) -> tuple[Tensor, Tensor]:
+        """Levels 3 and 4 → ``(path_4, rn3)`` at the patch grid."""
+        s = self.scratch
+        rn3 = s.layer3_rn(self.level(2, *f3, patch_h, patch_w))
+        path_4 = s.refinenet4(s.layer4_rn(self.level(3, *f4, patch_h, patch_w)), size=(patch_h, patch_w))
+        return path_4, rn3
+
+    def _high(self, path_3: Tensor, f1: tuple[Tensor, Tensor], f2: tuple[Tensor, Tensor], patch_h: int,
+              patch_w: int, output: bool) -> Tensor:
+        """``path_3`` (2× the patch grid) and levels 1, 2 → ``path_1`` or, with ``output``, depth."""
+        s = self.scratch
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        path_3 = path_3.contiguous(memory_format=fmt)
+        rn2 = s.layer2_rn(self.level(1, *f2, patch_h, patch_w).contiguous(memory_format=fmt))
+        path_2 = s.refinenet2(path_3, rn2, size=(4 * patch_h, 4 * patch_w))
+        del rn2, path_3
+        rn1 = s.layer1_rn(self.level(0, *f1, patch_h, patch_w).contiguous(memory_format=fmt))
+        path_1 = s.refinenet1(path_2, rn1)
+        del rn1, path_2
+        return self.output(path_1, patch_h, patch_w) if output else path_1
+
+    # ------------------------------------------------------------------ memory plan
+    def bytes_per_frame(self, patch_h: int, patch_w: int, element_size: int = 4, full: bool = True) -> int:
+        """Estimated working memory of one frame in a full-resolution (or a patch-grid) stage.
+
+        Full resolution: ``refinenet1``'s input and output at 8× the patch grid (``F`` channels
+        each), ``output_conv1`` and its 14× resampling (``F/2``), and the 32-channel conv there.
+        Patch grid: the encoder width, the widest reassembled map (×4 for the ½× level's conv)
+        and a few ``F``-wide maps at up to 2× the grid.
+        """
+        hw = patch_h * patch_w
+        f = self.features
+        if full:
+            per_hw = 2 * 64 * f + 64 * f // 2 + 196 * (f // 2) + 196 * 2 * HEAD_FEATURES_2
+        else:
+            per_hw = self.in_channels + 4 * max(self.out_channels) + 8 * 4 * f
+        return int(element_size * hw * per_hw)
+
+    def _chunk(self, rows: int, patch_h: int, patch_w: int, dtype: torch.dtype, full: bool) -> int:
+        return rows_per_chunk(rows, self.bytes_per_frame(patch_h, patch_w, dtype.itemsize, full), self.max_memory)
+
+    def _map(self, fn: Callable[..., Any], rows: int, chunk: int, *args: Any) -> Any:
+        """:func:`map_rows`, each slice under activation checkpointing when enabled and training."""
+        if self.checkpointing and torch.is_grad_enabled():
+            inner = fn
+
+            def fn(*a: Any) -> Any:
+                return checkpoint(inner, *a, use_reentrant=False)
+
+        return map_rows(fn, rows, chunk, *args)
+
+    def _whole(self, module: nn.Module, x: Tensor, frames: int) -> Tensor:
+        """A whole-clip module (motion module), checkpointed when enabled and training."""
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(module, x, frames, use_reentrant=False)
+        return module(x, frames)
+
+    def _finish(self, path_3: Tensor, features: Features, patch_h: int, patch_w: int,
+                hooks: Mapping[str, Hook] | None) -> Tensor:
+        """``path_3`` → depth, frame slices at full resolution (whole clip for a ``late`` hook)."""
+        rows = path_3.shape[0]
+        chunk = self._chunk(rows, patch_h, patch_w, path_3.dtype, full=True)
+        late = _has(hooks, "late")
+        out = self._map(self._high, rows, chunk, path_3, features[0], features[1], patch_h, patch_w, not late)
+        if not late:
+            return out
+        path_1 = _apply(hooks, "late", out)
+        del out
+        return self._map(self.output, rows, chunk, path_1, patch_h, patch_w)
 
     def forward(
         self,
-        features: Sequence[tuple[Tensor, Tensor]],
+        features: Features,
         patch_h: int,
         patch_w: int,
         frames: int = 1,
         hooks: Mapping[str, Hook] | None = None,
     ) -> Tensor:
         """``features``: 4 × ``(tokens (B·T, h·w, C), cls (B·T, C))`` → ``(B·T, 1, 14h, 14w)``."""
-        layer_1, layer_2, layer_3, layer_4 = self.reassemble(features, patch_h, patch_w)
+        rows = features[0][0].shape[0]
+        dtype = features[0][0].dtype
         s = self.scratch
-        rn1, rn2, rn3, rn4 = s.layer1_rn(layer_1), s.layer2_rn(layer_2), s.layer3_rn(layer_3), s.layer4_rn(layer_4)
-        path_4 = _apply(hooks, "mid", s.refinenet4(rn4, size=rn3.shape[2:]))
-        path_3 = s.refinenet3(path_4, rn3, size=rn2.shape[2:])
-        path_2 = s.refinenet2(path_3, rn2, size=rn1.shape[2:])
-        path_1 = _apply(hooks, "late", s.refinenet1(path_2, rn1))
-        return self.output(path_1, patch_h, patch_w)
+        size_3 = (2 * patch_h, 2 * patch_w)
+        if not _has(hooks, "mid") and not _has(hooks, "late"):
+            chunk = self._chunk(rows, patch_h, patch_w, dtype, full=True)
+            return self._map(self._all, rows, chunk, features, patch_h, patch_w)
+        low = self._chunk(rows, patch_h, patch_w, dtype, full=False)
+        path_4, rn3 = self._map(self._low, rows, low, features[2], features[3], patch_h, patch_w)
+        path_4 = _apply(hooks, "mid", path_4)
+        path_3 = self._map(lambda p, r: s.refinenet3(p, r, size=size_3), rows, low, path_4, rn3)
+        del path_4, rn3
+        return self._finish(path_3, features, patch_h, patch_w, hooks)
+
+    def _all(self, features: Features, patch_h: int, patch_w: int) -> Tensor:
+        """The whole head on a slice of frames (no hooks)."""
+        path_4, rn3 = self._low(features[2], features[3], patch_h, patch_w)
+        path_3 = self.scratch.refinenet3(path_4, rn3, size=(2 * patch_h, 2 * patch_w))
+        del path_4, rn3
+        return self._high(path_3, features[0], features[1], patch_h, patch_w, True)

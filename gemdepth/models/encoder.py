@@ -2,7 +2,9 @@
 
 timm's :class:`~timm.models.vision_transformer.VisionTransformer` supplies the blocks (fused
 ``scaled_dot_product_attention``, LayerScale, the SwiGLU FFN for ViT-g) and
-``forward_intermediates``; only the positional-embedding resampling is overridden, because
+the block structure of ``forward_intermediates`` (written out in :meth:`DinoV2Encoder._intermediates`
+so frames run in memory-bounded slices and blocks can be checkpointed with
+``set_grad_checkpointing``); only the positional-embedding resampling is overridden, because
 DINOv2 (and so every Depth Anything checkpoint) resizes the 37×37 grid by bicubic *scale factors*
 ``((h + 0.1) / 37, (w + 0.1) / 37)``, which timm's size-based resampling does not reproduce.
 """
@@ -20,6 +22,9 @@ import torch.nn.functional as F
 from timm.layers import GluMlp, Mlp
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, map_rows, rows_per_chunk
 
 PATCH_SIZE = 14
 IMG_SIZE = 518  # 37×37 patch grid, the size the released DINOv2 pos-embeds were trained at
@@ -171,6 +176,7 @@ class DinoV2Encoder(VisionTransformer):
         )
         self.spec = spec
         self.layer_idx = list(spec.layer_idx)
+        self.max_memory: int | None = DEFAULT_MAX_MEMORY
 
     def _pos_embed(self, x: Tensor) -> Tensor:
         """Prepend the class token and add DINOv2-resampled positions to NHWC patch tokens."""
@@ -179,20 +185,40 @@ class DinoV2Encoder(VisionTransformer):
         x = torch.cat([self.cls_token.expand(batch, -1, -1).to(x.dtype), x.reshape(batch, -1, dim)], dim=1)
         return self.pos_drop(x + pos)
 
+    def bytes_per_frame(self, tokens: int, element_size: int = 4) -> int:
+        """Working memory of one frame in a block: qkv (3C), attention output and residuals (3C),
+        the MLP's hidden layer before and after its activation (2·4C, GLU alike), ×``tokens``."""
+        hidden = self.blocks[0].mlp.fc1.out_features if len(self.blocks) else 4 * self.embed_dim
+        return int(element_size * tokens * (6 * self.embed_dim + 2 * hidden))
+
+    def _intermediates(self, images: Tensor) -> tuple[Tensor, ...]:
+        """``(N, 3, H, W)`` → ``(tokens_0, cls_0, …, tokens_3, cls_3)``, timm's ``forward_intermediates``
+        (``norm=True``, ``stop_early=True``, ``NLC``) written out so blocks can be checkpointed
+        non-reentrantly and frames sliced."""
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(images))))
+        outs: list[Tensor] = []
+        take = set(self.layer_idx)
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        for i, blk in enumerate(self.blocks[: self.layer_idx[-1] + 1]):
+            x = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
+            if i in take:
+                y = self.norm(x)
+                outs += [y[:, self.num_prefix_tokens:], y[:, 0]]
+        return tuple(outs)
+
     def forward(self, images: Tensor) -> list[tuple[Tensor, Tensor]]:  # type: ignore[override]
-        """``(N, 3, H, W)`` → 4 × ``(tokens (N, h·w, C), cls (N, C))`` after the final norm."""
+        """``(N, 3, H, W)`` → 4 × ``(tokens (N, h·w, C), cls (N, C))`` after the final norm.
+
+        Frames run in slices sized by ``max_memory`` (each frame is encoded on its own, so the
+        numbers do not depend on the slicing).
+        """
         if images.shape[-2] % PATCH_SIZE or images.shape[-1] % PATCH_SIZE:
             raise ValueError(
                 f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {PATCH_SIZE}"
             )
-        outs = self.forward_intermediates(
-            images,
-            indices=self.layer_idx,
-            return_prefix_tokens=True,
-            norm=True,
-            stop_early=True,
-            output_fmt="NLC",
-            intermediates_only=True,
-        )
-        return [(tokens, prefix[:, 0]) for tokens, prefix in outs]
-
+        rows = images.shape[0]
+        tokens = 1 + (images.shape[-2] // PATCH_SIZE) * (images.shape[-1] // PATCH_SIZE)
+        # the input's element size (under autocast this overestimates, which only means smaller slices)
+        chunk = rows_per_chunk(rows, self.bytes_per_frame(tokens, images.element_size()), self.max_memory)
+        flat = map_rows(self._intermediates, rows, chunk, images)
+        return [(flat[2 * i], flat[2 * i + 1]) for i in range(len(flat) // 2)]

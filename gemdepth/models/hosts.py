@@ -21,7 +21,9 @@ HEAD_DEFAULTS: dict[str, dict[str, Any]] = {
     "vitl": {"features": 256, "out_channels": [256, 512, 1024, 1024]},
     "vitg": {"features": 384, "out_channels": [1536, 1536, 1536, 1536]},
 }
-HEAD_KEYS = ("features", "out_channels", "num_frames", "use_bn", "use_clstoken")
+HEAD_KEYS = ("features", "out_channels", "num_frames", "use_bn", "use_clstoken", "metric", "max_depth")
+# Optional head keys (absent = relative disparity): ``metric`` the output is depth in metres (metric VDA,
+# same layers); ``max_depth`` a sigmoid output scaled to metres (metric Depth Anything V2), implies metric.
 COMMON_HEAD_DEFAULTS: dict[str, Any] = {"num_frames": 32, "use_bn": False, "use_clstoken": False}
 
 

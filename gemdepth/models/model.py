@@ -6,6 +6,7 @@ A model config is a plain dict (or YAML)::
     encoder: vitl                  # vits|vitb|vitl|vitg or {embed_dim, depth, num_heads, mlp_ratio, layer_idx}
     head: {features: 256, out_channels: [256, 512, 1024, 1024], num_frames: 32, use_bn: false, use_clstoken: false}
     plugins: [{name: gem}, {name: astt}]
+    checkpointing: [encoder, plugins, head]   # optional: activation checkpointing per part (training)
 
 :func:`normalize_config` checks it and fills the defaults; :func:`build_model` builds from it.
 """
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import gemdepth.models.hosts as _hosts  # noqa: F401  (registers the hosts)
+from gemdepth.models.chunking import normalize_checkpointing, set_checkpointing, set_max_memory
 from gemdepth.models.encoder import PATCH_SIZE, DinoV2Encoder, resolve_encoder_spec
 from gemdepth.models.hosts import COMMON_HEAD_DEFAULTS, HEAD_DEFAULTS, HEAD_KEYS
 from gemdepth.models.plugins.base import PLUGIN_POSITIONS, PlugIn
@@ -30,7 +32,7 @@ from gemdepth.models.types import DepthOutput, VideoFeatures
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEYS = ("host", "encoder", "head", "plugins")
+CONFIG_KEYS = ("host", "encoder", "head", "plugins", "checkpointing")
 OUTPUT_EXTRAS = ("pose_enc", "extrinsics", "intrinsics")
 _PLUGIN_MODULES = ("gemdepth.models.plugins.gem", "gemdepth.models.plugins.astt")
 
@@ -85,6 +87,13 @@ def normalize_config(config: Mapping[str, Any]) -> dict[str, Any]:
     head["num_frames"] = int(head["num_frames"])
     head["use_bn"] = bool(head["use_bn"])
     head["use_clstoken"] = bool(head["use_clstoken"])
+    if head.get("max_depth") is not None:
+        head["max_depth"] = float(head["max_depth"])
+        if not head["max_depth"] > 0:
+            raise ValueError(f"head.max_depth must be > 0 (metres), got {head['max_depth']}")
+        head["metric"] = True
+    if "metric" in head:
+        head["metric"] = bool(head["metric"])
 
     plugins_in = config.get("plugins") or []
     if not isinstance(plugins_in, (list, tuple)):
@@ -103,7 +112,11 @@ def normalize_config(config: Mapping[str, Any]) -> dict[str, Any]:
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise ValueError(f"plug-ins {duplicated} are listed more than once")
-    return {"host": host, "encoder": copy.deepcopy(encoder_out), "head": head, "plugins": plugins}
+    out = {"host": host, "encoder": copy.deepcopy(encoder_out), "head": head, "plugins": plugins}
+    checkpointing = normalize_checkpointing(config.get("checkpointing"))
+    if any(checkpointing.values()):  # optional key: {encoder, plugins, head} → bool (activation checkpointing)
+        out["checkpointing"] = checkpointing
+    return out
 
 
 class VideoDepthModel(nn.Module):
@@ -131,10 +144,27 @@ class VideoDepthModel(nn.Module):
                 raise ValueError(f"plug-in {name!r} has position {position!r}; allowed: {PLUGIN_POSITIONS}")
         self.config: dict[str, Any] | None = copy.deepcopy(dict(config)) if config is not None else None
 
+    def set_max_memory(self, max_memory: int | float | str | None) -> int | None:
+        """Bound the activation memory of each micro-batch (``'2GB'``, bytes, or ``None``: no slicing).
+
+        Encoder, plug-in blocks and head run their per-frame / per-position stages in slices sized
+        from this budget; the output does not change. Returns the budget in bytes.
+        """
+        return set_max_memory(self, max_memory)
+
+    def set_checkpointing(self, encoder: bool = False, plugins: bool = False, head: bool = False) -> None:
+        """Activation checkpointing per part (training memory; gradients unchanged)."""
+        set_checkpointing(self, encoder=encoder, plugins=plugins, head=head)
+
     @property
     def max_frames(self) -> int | None:
         """Longest clip the head accepts (``None``: any length)."""
         return getattr(self.head, "max_frames", None)
+
+    @property
+    def is_metric(self) -> bool:
+        """Whether ``depth`` is metric depth in metres (metric VDA / DAv2) rather than relative disparity."""
+        return bool(getattr(self.head, "metric", False))
 
     def check_input(self, video: Tensor) -> None:
         """Raise a ``ValueError``/``TypeError`` naming what is wrong with ``video`` and the fix."""
@@ -186,14 +216,29 @@ class VideoDepthModel(nn.Module):
 
         return {position: chain(plugins) for position, plugins in chains.items()}
 
-    def forward(self, video: Tensor) -> DepthOutput:
+    def encode(self, video: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per-frame encoder outputs of ``video (B, T, 3, H, W)``: 4 × ``(tokens (B·T, h·w, C), cls (B·T, C))``.
+
+        The encoder sees every frame on its own, so these rows can be cached per frame and
+        concatenated for a later clip (the windowed inference does, to run each frame once).
+        """
         self.check_input(video)
-        batch, frames, _, height, width = video.shape
+        return self.encoder(video.flatten(0, 1))
+
+    def decode(self, encoded: list[tuple[Tensor, Tensor]], batch: int, frames: int, height: int, width: int
+               ) -> DepthOutput:
+        """Everything after the encoder (plug-ins, head): ``encoded`` rows are ``(b, t)`` flattened,
+        as :meth:`encode` returns them; ``forward(v) == decode(encode(v), *v.shape[:2], *v.shape[-2:])``."""
         patch_h, patch_w = height // PATCH_SIZE, width // PATCH_SIZE
-        pairs = self.encoder(video.flatten(0, 1))
+        if len(encoded) != 4 or encoded[0][0].shape[:2] != (batch * frames, patch_h * patch_w):
+            raise ValueError(
+                f"decode expects 4 (tokens (B·T, h·w, C), cls) pairs with B·T = {batch * frames} and "
+                f"h·w = {patch_h * patch_w} (from {height}x{width}); got {len(encoded)} pairs, tokens of shape "
+                f"{tuple(encoded[0][0].shape) if encoded else None}. Pass what encode() returned."
+            )
         feats = VideoFeatures(
-            tokens=[t for t, _ in pairs],
-            cls=[c for _, c in pairs],
+            tokens=[t for t, _ in encoded],
+            cls=[c for _, c in encoded],
             batch=batch,
             frames=frames,
             patch_h=patch_h,
@@ -219,6 +264,11 @@ class VideoDepthModel(nn.Module):
             extras={k: v for k, v in extras.items() if k not in OUTPUT_EXTRAS and isinstance(v, Tensor)},
         )
 
+    def forward(self, video: Tensor) -> DepthOutput:
+        encoded = self.encode(video)  # checks the input
+        batch, frames, _, height, width = video.shape
+        return self.decode(encoded, batch, frames, height, width)
+
 
 def build_plugin(name: str, dim: int, head_features: int, options: Mapping[str, Any]) -> PlugIn:
     """``PLUGINS.get(name)(dim=..., head_features=..., **options)`` with a clear error on bad options."""
@@ -240,7 +290,10 @@ def build_model(config: Mapping[str, Any] | str) -> VideoDepthModel:
     for entry in cfg["plugins"]:
         options = {k: v for k, v in entry.items() if k != "name"}
         plugins[entry["name"]] = build_plugin(entry["name"], encoder.embed_dim, cfg["head"]["features"], options)
-    return VideoDepthModel(encoder, head, plugins, config=cfg)
+    model = VideoDepthModel(encoder, head, plugins, config=cfg)
+    if "checkpointing" in cfg:
+        model.set_checkpointing(**cfg["checkpointing"])
+    return model
 
 
 def count_parameters(module: nn.Module) -> int:

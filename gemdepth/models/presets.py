@@ -31,8 +31,14 @@ def _gemdepth_plugins(size: str) -> list[dict[str, Any]]:
     return [{"name": "gem"}, {"name": "astt"}]
 
 
-def _preset(host: str, size: str, plugins: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"host": host, "encoder": size, "head": _head(size), "plugins": plugins or []}
+def _preset(host: str, size: str, plugins: list[dict[str, Any]] | None = None, **head: Any) -> dict[str, Any]:
+    return {"host": host, "encoder": size, "head": _head(size, **head), "plugins": plugins or []}
+
+
+# Metric Video Depth Anything: the same network as VDA, its output read as depth in metres (the
+# official windowing then skips the per-window scale/shift fit). Metric Depth Anything V2: the
+# head ends in a sigmoid scaled by max_depth (20 m indoor / Hypersim, 80 m outdoor / Virtual KITTI 2).
+METRIC_MAX_DEPTH = {"hypersim": 20.0, "vkitti": 80.0}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -46,6 +52,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gemdepth-dav2-vitl": _preset("dav2", "vitl", _gemdepth_plugins("vitl")),
     "gemdepth-vda-vits": _preset("vda", "vits", _gemdepth_plugins("vits")),
     "gemdepth-dav2-vits": _preset("dav2", "vits", _gemdepth_plugins("vits")),
+    **{f"vda-{size}-metric": _preset("vda", size, metric=True) for size in ("vits", "vitb", "vitl")},
+    **{
+        f"dav2-{size}-{data}-metric": _preset("dav2", size, max_depth=depth)
+        for size in ("vits", "vitb", "vitl")
+        for data, depth in METRIC_MAX_DEPTH.items()
+    },
 }
 
 

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gemdepth.models.dpt import DPTHead, Hook, _apply
+from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, MIN_TOKEN_ROWS, map_rows, rows_per_chunk
+from gemdepth.models.dpt import DPTHead, Features, Hook, _apply
 
 MOTION_HEADS = 8
 MOTION_GROUPS = 32
@@ -46,7 +47,11 @@ class PositionalEncoding(nn.Module):
 
 
 class TemporalAttention(nn.Module):
-    """Multi-head self-attention along time, per spatial position."""
+    """Multi-head self-attention along time, one sequence per spatial position.
+
+    ``to_q``/``to_k``/``to_v`` keep the official parameter names; they run as one fused matmul
+    (their weights concatenated), which gives the same numbers as three.
+    """
 
     def __init__(self, dim: int, heads: int, max_len: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -59,20 +64,15 @@ class TemporalAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(dropout)])
         self.pos_encoder = PositionalEncoding(dim, max_len)
 
-    def forward(self, x: Tensor, frames: int) -> Tensor:
-        """``x`` ``(B·T, L, C)`` → same; attention runs over T for each of the B·L positions."""
-        bt, length, dim = x.shape
-        batch = bt // frames
-        seq = x.reshape(batch, frames, length, dim).transpose(1, 2).reshape(batch * length, frames, dim)
+    def forward(self, seq: Tensor) -> Tensor:
+        """``seq`` ``(N, T, C)`` (N = batch × positions) → same; attention runs over T."""
+        n, frames, dim = seq.shape
         seq = self.pos_encoder(seq)
-
-        def split(t: Tensor) -> Tensor:
-            return t.reshape(batch * length, frames, self.heads, dim // self.heads).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(split(self.to_q(seq)), split(self.to_k(seq)), split(self.to_v(seq)))
-        out = out.transpose(1, 2).reshape(batch * length, frames, dim)
-        out = self.to_out[1](self.to_out[0](out))
-        return out.reshape(batch, length, frames, dim).transpose(1, 2).reshape(bt, length, dim)
+        weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight], dim=0)
+        q, k, v = F.linear(seq, weight).view(n, frames, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(n, frames, dim)
+        return self.to_out[1](self.to_out[0](out))
 
 
 class GEGLU(nn.Module):
@@ -110,14 +110,19 @@ class TemporalTransformerBlock(nn.Module):
         self.ff = FeedForward(dim)
         self.ff_norm = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, frames: int) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` ``(N, T, C)``, one time sequence per row."""
         for attn, norm in zip(self.attention_blocks, self.norms):
-            x = x + attn(norm(x), frames)
+            x = x + attn(norm(x))
         return x + self.ff(self.ff_norm(x))
 
 
 class TemporalTransformer(nn.Module):
-    """GroupNorm → per-pixel linear in → transformer blocks → linear out, added to the input."""
+    """GroupNorm → per-pixel linear in → transformer blocks → linear out, added to the input.
+
+    After the GroupNorm (per frame) everything acts on one time sequence per spatial position,
+    so the sequences run in slices of positions sized by ``max_memory`` (same numbers).
+    """
 
     def __init__(
         self, channels: int, heads: int, max_len: int, num_layers: int = 1, num_attention_blocks: int = 2
@@ -131,15 +136,29 @@ class TemporalTransformer(nn.Module):
             [TemporalTransformerBlock(channels, heads, max_len, num_attention_blocks) for _ in range(num_layers)]
         )
         self.proj_out = nn.Linear(channels, channels)
+        self.max_memory: int | None = DEFAULT_MAX_MEMORY
+
+    def bytes_per_position(self, frames: int, element_size: int = 4) -> int:
+        """Working memory of one position's sequence: the GEGLU's 8C-wide projection and its halves,
+        the attention's 3C qkv and a few C-wide tensors, for T frames."""
+        return element_size * frames * self.proj_in.in_features * 24
+
+    def _sequences(self, seq: Tensor) -> Tensor:
+        seq = self.proj_in(seq)
+        for block in self.transformer_blocks:
+            seq = block(seq)
+        return self.proj_out(seq)
 
     def forward(self, x: Tensor, frames: int) -> Tensor:
         bt, ch, h, w = x.shape
-        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(bt, h * w, ch)
-        tokens = self.proj_in(tokens)
-        for block in self.transformer_blocks:
-            tokens = block(tokens, frames)
-        tokens = self.proj_out(tokens)
-        return tokens.reshape(bt, h, w, ch).permute(0, 3, 1, 2) + x
+        batch, length = bt // frames, h * w
+        # (B·T, C, h, w) → (B·h·w, T, C): one time sequence per position
+        seq = self.norm(x).view(batch, frames, ch, length).permute(0, 3, 1, 2).reshape(batch * length, frames, ch)
+        rows = batch * length
+        chunk = rows_per_chunk(rows, self.bytes_per_position(frames, seq.element_size()), self.max_memory,
+                               max(1, MIN_TOKEN_ROWS // frames))
+        seq = map_rows(self._sequences, rows, chunk, seq)
+        return seq.view(batch, length, frames, ch).permute(0, 2, 3, 1).reshape(bt, ch, h, w) + x
 
 
 class TemporalModule(nn.Module):
@@ -160,7 +179,8 @@ class TemporalDPTHead(DPTHead):
     """Video Depth Anything's head: :class:`DPTHead` plus motion modules on layer 3/4, path 4/3.
 
     ``max_frames`` (= ``num_frames``) is the longest clip the ``pe`` tables cover. The last conv
-    stack runs in float32 outside autocast, as the official head does. The ``"mid"`` hook sees
+    stack runs in float32 outside autocast, as the official head does, and its depth stays float32
+    (the official rounds it back to the autocast dtype, which alone costs bf16's 4e-3). The ``"mid"`` hook sees
     ``path_4`` after its motion module (VDA's own place for temporal mixing), ``"late"`` sees
     ``path_1`` as in :class:`DPTHead`.
     """
@@ -173,8 +193,10 @@ class TemporalDPTHead(DPTHead):
         use_bn: bool = False,
         use_clstoken: bool = False,
         num_frames: int | None = 32,
+        metric: bool = False,
+        max_depth: float | None = None,
     ) -> None:
-        super().__init__(in_channels, features, out_channels, use_bn, use_clstoken)
+        super().__init__(in_channels, features, out_channels, use_bn, use_clstoken, metric=metric, max_depth=max_depth)
         num_frames = 32 if num_frames is None else int(num_frames)
         if num_frames < 1:
             raise ValueError(f"num_frames must be ≥ 1, got {num_frames}")
@@ -188,12 +210,12 @@ class TemporalDPTHead(DPTHead):
         out = self.scratch.output_conv1(path_1)
         out = F.interpolate(out, size=(patch_h * 14, patch_w * 14), mode="bilinear", align_corners=True)
         with torch.autocast(device_type=out.device.type, enabled=False):
-            depth = self.scratch.output_conv2(out.float())
-        return depth.to(out.dtype)
+            depth = self.scale_output(self.scratch.output_conv2(out.float()))
+        return depth  # float32 (the official casts back to the autocast dtype: bf16 rounding, ≈4e-3)
 
     def forward(
         self,
-        features: Sequence[tuple[Tensor, Tensor]],
+        features: Features,
         patch_h: int,
         patch_w: int,
         frames: int = 1,
@@ -201,15 +223,22 @@ class TemporalDPTHead(DPTHead):
     ) -> Tensor:
         if frames > self.max_frames:
             raise ValueError(f"clip of {frames} frames is longer than the temporal head's num_frames={self.max_frames}")
-        layer_1, layer_2, layer_3, layer_4 = self.reassemble(features, patch_h, patch_w)
-        mm = self.motion_modules
-        layer_3 = mm[0](layer_3, frames)
-        layer_4 = mm[1](layer_4, frames)
-        s = self.scratch
-        rn1, rn2, rn3, rn4 = s.layer1_rn(layer_1), s.layer2_rn(layer_2), s.layer3_rn(layer_3), s.layer4_rn(layer_4)
-        path_4 = mm[2](s.refinenet4(rn4, size=rn3.shape[2:]), frames)
-        path_4 = _apply(hooks, "mid", path_4)
-        path_3 = mm[3](s.refinenet3(path_4, rn3, size=rn2.shape[2:]), frames)
-        path_2 = s.refinenet2(path_3, rn2, size=rn1.shape[2:])
-        path_1 = _apply(hooks, "late", s.refinenet1(path_2, rn1))
-        return self.output(path_1, patch_h, patch_w)
+        rows = features[0][0].shape[0]
+        low = self._chunk(rows, patch_h, patch_w, features[0][0].dtype, full=False)
+        mm, s = self.motion_modules, self.scratch
+        levels = lambda f3, f4: (self.level(2, *f3, patch_h, patch_w), self.level(3, *f4, patch_h, patch_w))  # noqa: E731
+        layer_3, layer_4 = self._map(levels, rows, low, features[2], features[3])
+        layer_3 = self._whole(mm[0], layer_3, frames)
+        layer_4 = self._whole(mm[1], layer_4, frames)
+
+        def fuse_4(l3: Tensor, l4: Tensor) -> tuple[Tensor, Tensor]:
+            rn3 = s.layer3_rn(l3)
+            return s.refinenet4(s.layer4_rn(l4), size=(patch_h, patch_w)), rn3
+
+        path_4, rn3 = self._map(fuse_4, rows, low, layer_3, layer_4)
+        del layer_3, layer_4
+        path_4 = _apply(hooks, "mid", self._whole(mm[2], path_4, frames))
+        path_3 = self._map(lambda p, r: s.refinenet3(p, r, size=(2 * patch_h, 2 * patch_w)), rows, low, path_4, rn3)
+        del path_4, rn3
+        path_3 = self._whole(mm[3], path_3, frames)
+        return self._finish(path_3, features, patch_h, patch_w, hooks)

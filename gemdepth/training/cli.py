@@ -41,6 +41,7 @@ import yaml
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from gemdepth.data.shards import ShardError
 from gemdepth.training.callbacks import CONFIG_KEY, ClipPredictionWriter, EmbedConfig, SigtermCheckpoint
 from gemdepth.training.checkpoint_io import AtomicCheckpointIO
 from gemdepth.training.task import GemDepthTask
@@ -218,6 +219,9 @@ def run_lightning_cli(args: Sequence[str]) -> int:
             )
         except SIGTERMException:
             return 128 + int(signal.SIGTERM)
+        except (ShardError, FileNotFoundError) as exc:  # an unfinished/tampered corpus, a missing file
+            print(f"gemdepth {sub}: {exc}", file=sys.stderr)
+            return 1
         except SystemExit as exc:
             code = exc.code
             return code if isinstance(code, int) else (0 if code is None else 1)

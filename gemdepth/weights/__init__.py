@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gemdepth.models.model import VideoDepthModel  # load_model's return type, resolvable at run time
 from gemdepth.weights.common import (
     CheckpointError,
     KeyAdapter,
@@ -127,17 +128,25 @@ def load_model(
     config: Mapping[str, Any] | str | Path | None = None,
     device: str | torch.device = "cpu",
     partial: str | Sequence[str] | None = None,
-):
+) -> VideoDepthModel:
     """Build the model and load ``weights`` into it; returns it in eval mode on ``device``.
 
     ``weights``: an official ``.pth``/``.safetensors`` (needs ``config``: a preset name such as
-    ``vda-vitl``, a model YAML or dict) or a gemdepth checkpoint (config embedded; a ``config``
-    passed anyway takes precedence). ``partial``: ``"new-modules"`` (plug-ins may start fresh),
-    ``"temporal-head"`` (motion modules may start fresh), or a list of such names.
+    ``vda-vitl``, a model YAML or dict), a gemdepth checkpoint (config embedded; a ``config``
+    passed anyway takes precedence), or a preset name with released weights (``"vda-vits"``,
+    ``"gemdepth-vda-vitl"``, see ``gemdepth models``): fetched from the Hugging Face Hub into its
+    cache (:mod:`gemdepth.weights.hub`), built with that preset. ``partial``: ``"new-modules"``
+    (plug-ins may start fresh), ``"temporal-head"`` (motion modules may start fresh), or a list.
     """
     from gemdepth.models.model import build_model, normalize_config
     from gemdepth.models.presets import resolve_model_config
 
+    if isinstance(weights, str) and not Path(weights).exists():
+        from gemdepth.weights.hub import ZOO, resolve_weights
+
+        if weights in ZOO:
+            config = weights if config is None else config
+            weights = resolve_weights(weights)
     path = Path(weights)
     state, embedded = read_checkpoint(path)
     if config is None and embedded is None:

@@ -59,14 +59,25 @@ def read_raw(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "weights only load failed" not in str(err).lower():  # not a refusal: the bytes are no pickle
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint ({str(err).splitlines()[0]}); "
+                f"is it a complete .pth/.pt file?"
+            ) from err
         raise CheckpointError(
             f"{path} holds Python objects that torch.load(weights_only=True) refuses to unpickle, and "
             f"gemdepth will not unpickle untrusted code. If you trust the file, re-save its tensors "
             f"only, e.g. `torch.save(torch.load(p, weights_only=False)['state_dict'], out)`, or convert "
             f"it to .safetensors (safetensors.torch.save_file). Details: {str(err).splitlines()[0]}"
         ) from err
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    except OSError:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch.load fails on junk with many types (KeyError, EOFError, …)
+        first = (str(err).splitlines() or [""])[0]
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {first}); "
+            f"is it a complete .pth/.pt file?"
+        ) from err
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return dict(obj), {}

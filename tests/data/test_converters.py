@@ -13,6 +13,7 @@ import gzip
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -669,3 +670,130 @@ def test_poses_repaired_or_refused(tmp_path: Path) -> None:
     (clip,) = converted("pointodyssey", tmp_path)
     assert clip["meta"]["frame_indices"] == [0, 1, 3]
     assert check_clip(clip)["passed"]
+
+
+# --------------------------------------------------------------------------- 7-Scenes-style exports
+def write_7scenes_style(root: Path, k3: bool = True) -> Path:
+    """A ScanNet-layout scene as 7-Scenes-style exports ship it: colour PNGs named
+    ``frame-NNNNNN.color.png``, depth ``frame-NNNNNN.depth.png`` in millimetres with 65535 where
+    the sensor saw nothing, poses ``frame-NNNNNN.pose.txt``, a 3x3 ``intrinsic_depth.txt``."""
+    scene = root / "chess_seq-01"
+    for i, (depth, rgb, _) in enumerate(frames()):
+        name = f"frame-{i:06d}"
+        save_rgb(scene / "color" / f"{name}.color.png", rgb)
+        mm = np.round(depth * 1000)
+        mm[:4, :6] = 65535  # no measurement
+        save_png16(scene / "depth" / f"{name}.depth.png", mm)
+        (scene / "pose").mkdir(parents=True, exist_ok=True)
+        np.savetxt(scene / "pose" / f"{name}.pose.txt", c2w_at(i))
+    (scene / "intrinsic").mkdir()
+    k = K if k3 else np.pad(K, ((0, 1), (0, 1)))
+    np.savetxt(scene / "intrinsic" / "intrinsic_depth.txt", k)
+    return scene
+
+
+def test_scannet_reads_7scenes_style_exports(tmp_path: Path) -> None:
+    write_7scenes_style(tmp_path)
+    (clip,) = converted("scannet", tmp_path)
+    assert clip["meta"]["frame_indices"] == [0, 1, 2, 3]
+    assert clip["meta"]["frame_names"] == [f"frame-{i:06d}.color.png" for i in range(4)]
+    assert (clip["depth"][:, :4, :6] == 0).all()  # 65535 -> invalid, not 65.5 m
+    assert clip["depth"].max() < 20.0
+    assert_matches_scene(clip, K, depth_atol=5e-4 + 1e-6)  # everywhere else: the true depth
+    assert_check(clip, True)
+
+
+def test_scannet_frame_names_without_unique_numbers_use_name_order(tmp_path: Path) -> None:
+    scene = write_7scenes_style(tmp_path)
+    for i, new in enumerate(["a", "b", "c", "d"]):  # names carrying no number at all
+        for sub, suffix in (("color", ".color.png"), ("depth", ".depth.png"),
+                            ("pose", ".pose.txt")):
+            (scene / sub / f"frame-{i:06d}{suffix}").rename(scene / sub / f"{new}{suffix}")
+    (clip,) = converted("scannet", tmp_path)
+    assert clip["meta"]["frame_indices"] == [0, 1, 2, 3]
+    assert clip["meta"]["frame_index_source"] == "position in name order"
+    assert_check(clip, True)
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("2x2 intrinsics", r"intrinsic_depth\.txt: expected a 3x3 or 4x4 intrinsics matrix, got "
+                       r"shape 2x2"),
+    ("no colour", r"chess_seq-01/color: no colour frames \(\.jpg/\.jpeg/\.png\); found 4 "
+                  r"file\(s\): frame-000000\.color\.bmp"),
+    ("no depth", r"no clip could be made .* every frame was skipped \(4 frame\(s\): 4 no depth; "
+                 r"each one is logged above with its file\)"),
+])
+def test_scannet_layout_problems_are_one_clear_line(tmp_path: Path, capsys, caplog,
+                                                     case: str, expect: str) -> None:
+    from gemdepth.data.cli import main
+
+    scene = write_7scenes_style(tmp_path / "raw")
+    if case == "2x2 intrinsics":
+        np.savetxt(scene / "intrinsic" / "intrinsic_depth.txt", np.eye(2))
+    elif case == "no colour":
+        for p in (scene / "color").iterdir():
+            p.rename(p.with_suffix(".bmp"))
+    else:
+        for p in (scene / "depth").iterdir():
+            p.rename(p.with_name(p.name.replace("frame", "depth")))
+    with caplog.at_level(logging.WARNING, logger="gemdepth.data.converters"):
+        code = main(["convert", "scannet", str(tmp_path / "raw"), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("gemdepth data convert: ") and re.search(expect, line), line
+    if case == "no depth":  # what the message points at was logged, file by file
+        logged = [r.getMessage() for r in caplog.records if "no depth" in r.getMessage()]
+        assert len(logged) >= 4 and "frame-000000.color.png: no depth/frame-000000.png" in logged[0]
+    assert not (tmp_path / "out" / "index.json").exists()
+
+
+def test_tum_camera_from_the_file_header(tmp_path: Path) -> None:
+    seq = tmp_path / "my_recording"  # a renamed folder: no camera in its name
+    write_tum_layout(seq, lambda c2w: c2w)
+    for name in ("rgb.txt", "depth.txt"):
+        text = (seq / name).read_text().replace("# file: 'x.bag'",
+                                                "# file: 'rgbd_dataset_freiburg2_desk.bag'")
+        (seq / name).write_text(text)
+    assert tum_mod.header_camera(seq)[0] == "fr2"
+    (clip,) = converted("tum", seq)
+    assert clip["meta"]["camera"] == "fr2"
+    np.testing.assert_allclose(clip["intrinsics"][0], tum_mod.CAMERAS["fr2"].K)
+    clash = tmp_path / "rgbd_dataset_freiburg3_office"
+    seq.rename(clash)
+    with pytest.raises(ConverterError, match="folder name says fr3 but .*rgb.txt.* says fr2"):
+        CONVERTERS["tum"].iter_clips(clash, 8, 1)
+    (clip,) = converted("tum", clash, camera="fr3")  # an explicit choice settles it
+    assert clip["meta"]["camera"] == "fr3"
+
+
+def test_zeroed_depth_is_counted_and_logged(tmp_path: Path, caplog, capsys) -> None:
+    from gemdepth.data.cli import main
+
+    true = frames(3)
+    rng = np.random.default_rng(0)
+    want = {"non-finite pixels": 0, "negative pixels": 0, "frames": 0}
+    for i, (depth, rgb, _) in enumerate(true):
+        save_rgb(tmp_path / "raw" / "vid" / "rgb" / f"{i:05d}.png", rgb)
+        label = depth.copy()
+        if i > 0:  # frame 0 is clean
+            bad = rng.random(label.shape)
+            label[bad < 0.05] = np.nan
+            label[(bad >= 0.05) & (bad < 0.08)] = np.inf
+            label[bad > 0.9] *= -1
+            want["non-finite pixels"] += int((bad < 0.08).sum())
+            want["negative pixels"] += int((bad > 0.9).sum())
+            want["frames"] += 1
+        (tmp_path / "raw" / "vid" / "depth").mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / "raw" / "vid" / "depth" / f"{i:05d}.npy", label)
+    with caplog.at_level(logging.WARNING, logger="gemdepth.data.converters"):
+        index = run_converter("frames", tmp_path / "raw", tmp_path / "out", progress=False,
+                              label="metric-depth")
+    assert index["zeroed_depth"] == want
+    assert (f"frames: set {want['non-finite pixels']} non-finite and {want['negative pixels']} "
+            "negative depth pixels to 0 (invalid) in 2 frame(s)") in caplog.text
+    capsys.readouterr()
+    assert main(["convert", "frames", str(tmp_path / "raw"), str(tmp_path / "out2"),
+                 "-o", "label=metric-depth"]) == 0
+    assert (f"set {want['non-finite pixels']} non-finite and {want['negative pixels']} negative "
+            "depth pixels to 0 (invalid) in 2 frame(s)") in capsys.readouterr().out

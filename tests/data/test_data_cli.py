@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,188 @@ def test_inspect_geometry_check_fails_inverted_poses(tmp_path: Path, capsys) -> 
     assert main(["inspect", str(tmp_path), "--out", sheet, "--strict", "--check", "0"]) == 0
     out = capsys.readouterr().out
     assert "geometry check" not in out and "FAIL" not in out and "all 2 clips valid" in out
+
+
+# --------------------------------------------------------------------------- bad shards, clear errors
+def _corpus_with_bad_sample(folder: Path, edit) -> str:
+    """A one-clip corpus plus a shard (listed in the index) holding a clip edited by ``edit``
+    (sample dict -> None). Returns the bad sample's key."""
+    from shard_helpers import register_raw_shard
+
+    from gemdepth.data import write_corpus
+    from gemdepth.data.shards import _encode_clip
+    from gemdepth.data.synthetic import iter_synthetic_clips
+
+    clips = list(iter_synthetic_clips(2, frames=4, clip_length=4, size=(40, 48), seed=0))
+    write_corpus(clips[:1], folder, "synthetic", progress=False)
+    key = "synthetic__edited__0"
+    sample = _encode_clip(clips[1], key, 95)
+    edit(sample)
+    register_raw_shard(folder / "edited.tar", [sample], corpus="synthetic")
+    return key
+
+
+def _png(values: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("8-bit depth", r"field 'depth': depth PNG is 8-bit greyscale.*only 16-bit"),
+    ("depth size", r"field 'depth': frame 2 is 24x20 \(WxH\) but the clip's image size is 48x40"),
+])
+def test_inspect_names_shard_and_sample_of_mis_encoded_depth(tmp_path: Path, capsys, case: str,
+                                                             expect: str) -> None:
+    def edit(sample: dict) -> None:
+        if case == "8-bit depth":  # what a foreign tool writing "depth.png" as uint8 gives
+            sample["depth.0001.png"] = _png(np.full((40, 48), 90, np.uint8))
+        else:
+            from gemdepth.data.shards import _encode_depth
+
+            sample["depth.0002.png"] = _encode_depth(np.ones((20, 24), np.float32))
+
+    key = _corpus_with_bad_sample(tmp_path, edit)
+    assert main(["inspect", str(tmp_path), "--out", str(tmp_path / "s.png")]) == 1
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if key in ln]
+    assert f"shard {tmp_path / 'edited.tar'}, sample {key}" in line
+    assert re.search(expect, line), line
+    assert "Traceback" not in err
+
+
+def test_readers_refuse_an_interrupted_conversion_naming_resume(tmp_path: Path, capsys,
+                                                                monkeypatch) -> None:
+    """``data convert`` killed mid-way over an existing corpus: inspect (and every reader)
+    refuses the folder naming the exact `--resume` command; resuming finishes it with the same
+    shards a fresh conversion writes."""
+    import gemdepth.data.shards as shards_mod
+    from test_converters import write_tum_layout
+
+    raw = tmp_path / "raw" / "rgbd_dataset_freiburg1_desk"
+    write_tum_layout(raw, lambda c2w: c2w)
+    out = tmp_path / "tum"
+    argv = ["convert", "tum", str(tmp_path / "raw"), str(out), "--clip-length", "1",
+            "--clips-per-shard", "1", "-o", "intrinsics=24,24,15.5,11.5"]
+    assert main(argv) == 0
+    fresh = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    assert len(fresh) == 4
+
+    real, calls = shards_mod._write_shard, [0]
+
+    def killed_on_third_shard(path, samples):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return real(path, samples)
+
+    monkeypatch.setattr(shards_mod, "_write_shard", killed_on_third_shard)
+    capsys.readouterr()
+    assert main(argv) == 130
+    monkeypatch.undo()
+    resume_cmd = ("gemdepth data convert tum " + str(tmp_path / "raw") + " " + str(out)
+                  + " --clip-length 1 --stride 1 --clips-per-shard 1 -o intrinsics=24,24,15.5,11.5"
+                  " --resume")
+    assert resume_cmd in capsys.readouterr().err
+    assert main(["inspect", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{out}: corpus 'tum' is incomplete" in err and f"`{resume_cmd}`" in err
+    assert "Traceback" not in err and "all" not in err
+    assert main(["inspect", str(out / "tum-000003.tar")]) == 1  # an old shard on its own too
+    assert "incomplete" in capsys.readouterr().err
+
+    changed = argv[:-1] + ["intrinsics=25,25,15.5,11.5", "--resume"]
+    assert main(changed) == 1
+    assert "only finishes the same conversion" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 0
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == fresh
+    assert main(["inspect", str(out), "--out", str(tmp_path / "s.png")]) == 0
+
+
+def test_convert_help_lists_formats_and_their_options(capsys) -> None:
+    import inspect as pyinspect
+
+    from gemdepth.data.converters import CONVERTERS
+
+    with pytest.raises(SystemExit) as info:
+        main(["convert", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--resume" in out
+    for name, conv in CONVERTERS.items():
+        assert re.search(rf"^  {name} +{conv.role}: ", out, re.M), name
+        params = [p for p in pyinspect.signature(conv.iter_clips).parameters.values()
+                  if p.kind == p.KEYWORD_ONLY]
+        assert [o[0] for o in conv.options] == [p.name for p in params]
+        for opt, default, meaning in conv.options:
+            assert meaning, f"{name}: option {opt} has no description"
+            shown = ("none" if default is None else str(default).lower()
+                     if isinstance(default, bool) else ",".join(map(str, default))
+                     if isinstance(default, tuple) else str(default))
+            assert f"-o {opt}=...  (default {shown})  {meaning}" in out, (name, opt)
+    assert "-o camera=...  (default none)  fr1, fr2, fr3" in out
+
+
+def _dynamic_corpus(out: Path, fraction: float) -> float:
+    """A static synthetic clip where, in every other frame, a block covering ``fraction`` of
+    the image moved 40 % closer (a person walking through, in depth). Returns the share of
+    the clip's compared pixels this block makes disagree, computed independently from the
+    painted region and the pixels that warp between frames."""
+    from gemdepth.data import write_corpus
+    from gemdepth.data.synthetic import SynthConfig, iter_synthetic_clips
+
+    (clip,) = list(iter_synthetic_clips(1, frames=4, clip_length=4, size=(40, 48), seed=0,
+                                        config=SynthConfig(moving_fraction=0.0)))
+    h, w = 40, 48
+    cols = int(round(w * fraction))
+    for t in (1, 3):
+        clip["depth"][t, :, :cols] *= 0.6
+    write_corpus([clip], out, "synthetic", progress=False)
+    return cols / w
+
+
+def test_inspect_verdict_on_moving_content_reports_the_fraction(tmp_path: Path, capsys) -> None:
+    from gemdepth.data import read_clips
+    from gemdepth.data.consistency import check_clip
+
+    share = _dynamic_corpus(tmp_path, 0.5)
+    assert main(["inspect", str(tmp_path), "--out", str(tmp_path / "s.png")]) == 0
+    out = capsys.readouterr().out
+    result = check_clip(next(read_clips(tmp_path)))  # the same clip, checked directly
+    assert not result["passed"]
+    frac = result["inconsistent"] / result["compared"]
+    assert abs(frac - share) < 0.15  # about the moved block: the rest of the view agrees
+    bad = sum(not p["passed"] for p in result["pairs"])
+    assert (f"1 FAILED: {frac:.1%} of their compared pixels are inconsistent "
+            f"({result['inconsistent']} of {result['compared']}; {bad} of 3 frame pairs "
+            "fail). Moving content (people, vehicles: a dynamic scene) can cause this") in out
+    assert "if a static stretch of the same sequence passes with the same poses" in out
+    assert f"inconsistent px {frac:.1%}" in out  # per clip too
+    assert "(poses, intrinsics or depth units disagree)" not in out
+
+
+def test_synth_resume_finishes_an_interrupted_run(tmp_path: Path, capsys, monkeypatch) -> None:
+    import gemdepth.data.shards as shards_mod
+
+    assert _synth(tmp_path / "fresh", "--clips-per-shard", "1") == 0
+    fresh = {p.name: p.read_bytes() for p in (tmp_path / "fresh").glob("*.tar")}
+    real, calls = shards_mod._write_shard, [0]
+
+    def killed_on_second_shard(path, samples):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+        return real(path, samples)
+
+    monkeypatch.setattr(shards_mod, "_write_shard", killed_on_second_shard)
+    capsys.readouterr()
+    assert _synth(tmp_path / "out", "--clips-per-shard", "1") == 130
+    monkeypatch.undo()
+    assert "--resume`" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "gemdepth data synth --out" in err and "--clips-per-shard 1 --resume`" in err
+    assert _synth(tmp_path / "out", "--clips-per-shard", "1", "--resume") == 0
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("*.tar")} == fresh

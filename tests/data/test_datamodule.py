@@ -19,6 +19,7 @@ from gemdepth.data.shards import _encode_clip, iter_raw_samples
 from gemdepth.data.synthetic import SynthConfig, iter_synthetic_clips, make_synthetic_corpus
 from gemdepth.data.transforms import flip_extrinsics, flip_intrinsics
 from gemdepth.geometry import backproject, invert_rigid, project, transform_points
+from shard_helpers import register_raw_shard
 
 SMALL = [(32, 32), (32, 48)]
 
@@ -211,12 +212,9 @@ def _bad_shard(corpora, tmp_path: Path) -> str:
     no_pose = dict(clips[1], extrinsics=None, meta={**clips[1]["meta"], "has_pose": False})
     short = {k: (v[:2] if isinstance(v, np.ndarray) else v) for k, v in clips[2].items()}
     short["meta"] = {**clips[2]["meta"], "frame_indices": [0, 1]}
-    import webdataset as wds
-
-    with wds.TarWriter(str(good / "bad.tar")) as sink:
-        sink.write(missing)
-        sink.write(_encode_clip(no_pose, "synthetic__bad-nopose__0", 95))
-        sink.write(_encode_clip(short, "synthetic__bad-short__0", 95))
+    register_raw_shard(good / "bad.tar", [  # listed in the index, checksum and all
+        missing, _encode_clip(no_pose, "synthetic__bad-nopose__0", 95),
+        _encode_clip(short, "synthetic__bad-short__0", 95)])
     return str(good / "{synthetic-000000,bad}.tar")
 
 
@@ -235,6 +233,27 @@ def test_bad_samples_are_skipped_and_counted(corpora, tmp_path) -> None:
                                  sizes=SMALL, num_workers=0)
     with pytest.raises(ShardError):  # evaluation raises by default
         list(evaluating.val_dataloader())
+
+
+def test_validation_never_scores_sky(corpora, tmp_path) -> None:
+    """``sky: far`` (the paper recipe) supervises sky in training only: validation masks it."""
+    path = str(corpora["open"])
+    sources = {"o": {"path": path, "max_depth": 20.0}}
+    make_synthetic_corpus(tmp_path / "open2", 2, 4, 4, (48, 64), seed=3, clips_per_shard=1, progress=False,
+                          config=SynthConfig(kind="open"))
+    held = _dm({"o": {"path": str(tmp_path / "open2"), "max_depth": 20.0}}, sky="far", holdout_shards=1,
+               hflip_prob=0.0)
+    explicit = VideoDataModule(train_sources=sources, val_sources=sources, sky="far", batch_size=2,
+                               clip_length=4, short_side=32, sizes=SMALL, num_workers=0)
+    scored = VideoDataModule(train_sources=sources, val_sources={"o": {**sources["o"], "sky": "far"}},
+                             sky="far", batch_size=2, clip_length=4, short_side=32, sizes=SMALL, num_workers=0)
+    for dm in (held, explicit):
+        batch = next(iter(dm.val_dataloader()))
+        assert not batch["valid"].all() and (batch["depth"][batch["valid"]] < 20.0).any()
+    far = next(iter(scored.val_dataloader()))  # a source that asks for sky scoring gets it
+    assert far["valid"].all()
+    with pytest.raises(ValueError, match="eval_sky"):
+        VideoDataModule(train_sources=sources, eval_sky="blue")
 
 
 def test_holdout_and_deterministic_validation(corpora) -> None:
@@ -318,3 +337,81 @@ def test_crop_plans_follow_the_paper_and_align_draft_decoding() -> None:
     assert box.width == 224 and box.height < 168  # the crop runs along the free (vertical) axis
     shifted = replace(box, top=box.top + 8 if box.top + 8 + box.height <= 168 else box.top - 8)
     assert (decode_crop_rgb([payloads["PNG"]], shifted).float() - png).abs().mean() > 10
+
+
+# --------------------------------------------------------------------------- shard integrity
+def _tampered_corpus(tmp_path: Path) -> tuple[Path, Path]:
+    """A 2-shard corpus whose second shard had one JPEG frame replaced by another valid JPEG
+    after writing (index.json, with its sha256, untouched). Returns (folder, tampered shard)."""
+    from shard_helpers import replace_member
+
+    folder = tmp_path / "corpus"
+    write_corpus(iter_synthetic_clips(2, 8, 8, (48, 64), seed=6), folder, "synthetic",
+                 clips_per_shard=1, progress=False)
+    shard = folder / "synthetic-000001.tar"
+    key = next(iter_raw_samples(shard))["__key__"]
+    buf = io.BytesIO()
+    Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(buf, format="JPEG", quality=95)
+    replace_member(shard, f"{key}.rgb.0003.jpg", buf.getvalue())
+    return folder, shard
+
+
+def test_training_verifies_checksums_once_per_worker_and_skips_changed_shards(
+        tmp_path: Path, monkeypatch) -> None:
+    import gemdepth.data.shards as shards_mod
+
+    folder, shard = _tampered_corpus(tmp_path)
+    hashed: list[str] = []
+    real = shards_mod._open_verified
+
+    def counting(path, sha256):
+        if sha256 is not None:
+            hashed.append(Path(path).name)
+        return real(path, sha256)
+
+    monkeypatch.setattr(shards_mod, "_open_verified", counting)
+    dm = _dm({"syn": str(folder)}, samples_per_epoch=16)
+    keys = [k for b in dm.train_dataloader() for k in b["key"]]
+    assert len(keys) == 16 and all(k.startswith("synthetic__scene-000000") for k in keys)
+    assert dm.skipped == {"syn/checksum_mismatch": 1}  # the whole shard, counted once
+    assert sorted(hashed) == ["synthetic-000000.tar", "synthetic-000001.tar"]  # each once
+    raising = _dm({"syn": {"path": str(folder), "on_error": "raise"}}, samples_per_epoch=16)
+    with pytest.raises(ShardError, match=r"synthetic-000001\.tar.*checksum mismatch"):
+        list(raising.train_dataloader())
+
+
+def _depth_png8(shape: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full(shape, 60, np.uint8)).save(buf, format="PNG")  # mode L
+    return buf.getvalue()
+
+
+def test_8bit_depth_png_is_a_counted_skip_in_training(tmp_path: Path) -> None:
+    from shard_helpers import register_raw_shard
+
+    folder = tmp_path / "corpus"
+    write_corpus(iter_synthetic_clips(1, 8, 8, (48, 64), seed=6), folder, "synthetic",
+                 progress=False)
+    clip = next(iter(iter_synthetic_clips(1, 8, 8, (48, 64), seed=8)))
+    sample = _encode_clip(clip, "synthetic__eightbit__0", 95)
+    for i in range(8):
+        sample[f"depth.{i:04d}.png"] = _depth_png8((48, 64))
+    register_raw_shard(folder / "eightbit.tar", [sample], corpus="synthetic")
+    dm = _dm({"syn": str(folder)}, samples_per_epoch=12)
+    keys = [k for b in dm.train_dataloader() for k in b["key"]]
+    assert len(keys) == 12 and not any("eightbit" in k for k in keys)
+    assert set(dm.skipped) == {"syn/bad_depth"} and dm.skipped_total >= 1
+    raising = _dm({"syn": {"path": str(folder), "on_error": "raise"}}, samples_per_epoch=12)
+    with pytest.raises(ShardError, match=r"eightbit\.tar.*synthetic__eightbit__0.*8-bit"):
+        list(raising.train_dataloader())
+
+
+def test_source_without_complete_index_is_refused(tmp_path: Path) -> None:
+    from gemdepth.data.shards import IncompleteCorpusError
+
+    folder = tmp_path / "corpus"
+    write_corpus(iter_synthetic_clips(1, 8, 8, (48, 64), seed=6), folder, "synthetic",
+                 progress=False)
+    (folder / "index.json").unlink()
+    with pytest.raises(IncompleteCorpusError, match=r"no index\.json.*--resume"):
+        _dm({"syn": str(folder)}).setup()

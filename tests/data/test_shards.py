@@ -14,6 +14,7 @@ import webdataset as wds
 from gemdepth.data import ClipError, ShardError, read_clips, read_sequences, validate_clip, write_corpus
 from gemdepth.data.schema import clip_key, sanitise_name
 from gemdepth.data.shards import _encode_clip, read_index, resolve_shards, sha256_file
+from shard_helpers import register_raw_shard
 
 
 def make_clip(sequence: str = "seq", first: int = 0, t: int = 4, h: int = 56, w: int = 56,
@@ -123,7 +124,9 @@ def test_crash_inside_shard_write_leaves_no_shard(tmp_path: Path, monkeypatch) -
     monkeypatch.setattr(wds.TarWriter, "write", broken_write)
     with pytest.raises(OSError, match="disk full"):
         write_corpus([make_clip()], tmp_path, "toy", progress=False)
-    assert list(tmp_path.iterdir()) == []  # no shard, no temp file, no index
+    # no shard, no temp file; only the "complete": false index that makes readers refuse it
+    assert [p.name for p in tmp_path.iterdir()] == ["index.json"]
+    assert read_index(tmp_path)["complete"] is False
     monkeypatch.undo()
     (tmp_path / ".toy-000000.tar.tmp-999").write_bytes(b"half a shard")  # a crashed process's
     write_corpus([make_clip()], tmp_path, "toy", progress=False)
@@ -158,9 +161,7 @@ def test_truncated_shard_is_reported(tmp_path: Path) -> None:
 
 
 def _write_raw_tar(path: Path, samples: list[dict]) -> None:
-    with wds.TarWriter(str(path)) as sink:
-        for sample in samples:
-            sink.write(sample)
+    register_raw_shard(path, samples)  # listed in a complete index: readers reach the samples
 
 
 def test_missing_frame_field_names_sample_and_field(tmp_path: Path) -> None:
@@ -290,3 +291,136 @@ def test_shards_are_plain_webdataset_tars(tmp_path: Path) -> None:
     assert "toy__seq__0.meta.json" in names and "toy__seq__0.rgb.0003.jpg" in names
     (sample,) = wds.WebDataset(str(tmp_path / "toy-000000.tar"), shardshuffle=False)
     assert json.loads(sample["meta.json"])["meta"]["sequence"] == "seq"
+
+
+# --------------------------------------------------------------------------- interrupted rewrites
+def _tars_read(folder: Path) -> list[str] | None:
+    """Keys a reader gets from ``folder``, or None when it refuses the folder."""
+    from gemdepth.data.shards import IncompleteCorpusError
+
+    try:
+        return [c["__key__"] for c in read_clips(folder)]
+    except IncompleteCorpusError as exc:
+        assert str(folder) in str(exc) and "--resume" in str(exc)
+        return None
+
+
+def test_reader_refuses_folder_of_shards_without_complete_index(tmp_path: Path) -> None:
+    from gemdepth.data.shards import IncompleteCorpusError
+
+    write_corpus([make_clip("s", 4 * i) for i in range(3)], tmp_path / "c", "toy",
+                 clips_per_shard=1, progress=False)
+    (tmp_path / "c" / "index.json").unlink()  # what the old writer did first on a rewrite
+    for target in (tmp_path / "c", tmp_path / "c" / "toy-000001.tar", tmp_path,
+                   str(tmp_path / "c" / "toy-00000{0,1}.tar")):
+        with pytest.raises(IncompleteCorpusError, match="no index.json") as info:
+            list(read_clips(target))
+        assert str(tmp_path / "c") in str(info.value)
+        assert "gemdepth data convert FORMAT ROOT" in str(info.value)
+        assert "--resume" in str(info.value)
+    with pytest.raises(IncompleteCorpusError, match="no index.json"):
+        list(read_sequences(tmp_path / "c"))
+    from gemdepth.evaluation.datamodule import plan_sequences
+    from gemdepth.evaluation.protocol import get_protocol
+
+    with pytest.raises(IncompleteCorpusError, match=r"no index\.json.*--resume"):
+        plan_sequences(tmp_path / "c", get_protocol("bonn"))  # the evaluation data module
+
+
+def test_interrupted_rewrite_is_refused_until_resumed(tmp_path: Path) -> None:
+    old = [make_clip("old", 4 * i) for i in range(3)]
+    write_corpus(old, tmp_path, "toy", clips_per_shard=1, progress=False)
+    new = [make_clip("new", 4 * i) for i in range(4)]
+
+    def crashing():
+        yield new[0]  # one clip in: the first new shard (2 clips) is not written yet
+        raise KeyboardInterrupt("kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        write_corpus(crashing(), tmp_path, "toy", clips_per_shard=2, progress=False,
+                     resume_hint="gemdepth data convert toy raw out --resume")
+    # the old shards are all still there, but the folder is no corpus any more
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == [f"toy-00000{i}.tar" for i in range(3)]
+    with pytest.raises(ShardError, match=r"incomplete.*`gemdepth data convert toy raw out "
+                                         r"--resume`.*without --resume"):
+        list(read_clips(tmp_path))
+    with pytest.raises(ShardError, match="incomplete"):
+        list(read_clips(tmp_path / "toy-000002.tar"))
+    index = write_corpus(new, tmp_path, "toy", clips_per_shard=2, progress=False, resume=True)
+    assert index["complete"] and [c["__key__"] for c in read_clips(tmp_path)] == [
+        f"toy__new__{4 * i}" for i in range(4)]
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["toy-000000.tar", "toy-000001.tar"]
+
+
+def test_crash_before_the_first_clip_keeps_the_old_corpus(tmp_path: Path) -> None:
+    write_corpus([make_clip("old", 0)], tmp_path, "toy", progress=False)
+
+    def broken_source():
+        raise OSError("raw data unreadable")
+        yield  # pragma: no cover
+
+    with pytest.raises(OSError):
+        write_corpus(broken_source(), tmp_path, "toy", progress=False)
+    assert [c["__key__"] for c in read_clips(tmp_path)] == ["toy__old__0"]
+    with pytest.raises(ValueError, match="no clips"):
+        write_corpus([], tmp_path, "toy", progress=False)
+    assert read_index(tmp_path)["complete"] is True
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-op", "after-op"])
+def test_kill_at_any_file_operation_leaves_old_corpus_or_a_refused_one(
+        tmp_path: Path, monkeypatch, after: bool) -> None:
+    """A rewrite of a 3-shard corpus into a 2-shard one is killed at its k-th rename or delete
+    (before or after the operation), for every k: readers then see the old corpus, the new
+    one, or refuse the folder; never a mix, never old shards passing as a corpus."""
+    import os
+
+    old = [make_clip("old", 4 * i) for i in range(3)]
+    new = [make_clip("new", 4 * i) for i in range(4)]
+    old_keys = [f"toy__old__{4 * i}" for i in range(3)]
+    new_keys = [f"toy__new__{4 * i}" for i in range(4)]
+    real_replace, real_unlink = os.replace, Path.unlink
+
+    class Killed(BaseException):
+        pass
+
+    k, outcomes = 0, set()
+    while True:
+        k += 1
+        folder = tmp_path / f"run{k}"
+        write_corpus(old, folder, "toy", clips_per_shard=1, progress=False)
+        calls = [0]
+
+        def step(real):
+            def op(*args, **kwargs):
+                calls[0] += 1
+                if calls[0] == k and not after:
+                    raise Killed
+                result = real(*args, **kwargs)
+                if calls[0] == k:
+                    raise Killed
+                return result
+            return op
+
+        monkeypatch.setattr(os, "replace", step(real_replace))
+        monkeypatch.setattr(Path, "unlink", step(real_unlink))
+        try:
+            write_corpus(new, folder, "toy", clips_per_shard=2, progress=False)
+            finished = True
+        except Killed:
+            finished = False
+        monkeypatch.undo()
+        keys = _tars_read(folder)
+        assert keys in (None, old_keys, new_keys), (k, keys)
+        outcomes.add("refused" if keys is None else "old" if keys == old_keys else "new")
+        for tar in folder.glob("*.tar"):  # a shard read on its own: listed and verified, or refused
+            try:
+                got = [c["__key__"] for c in read_clips(tar)]
+            except ShardError:
+                continue
+            assert set(got) <= set(keys or [])
+        if finished:
+            assert keys == new_keys and sorted(p.name for p in folder.iterdir()) == [
+                "index.json", "toy-000000.tar", "toy-000001.tar"]
+            break
+    assert k > 5 and {"refused", "new"} <= outcomes

@@ -219,3 +219,31 @@ def test_ddp_two_processes_stage1_then_stage2_freeze(tmp_path, corpora):
     gem = [k for k in s1 if k.startswith("model.plugins.gem.")]
     assert all(torch.equal(s1[k], s2[k]) for k in gem)
     assert not all(torch.equal(s1[k], s2[k]) for k in s1 if k.startswith("model.head."))
+
+
+def test_an_unreadable_embedded_config_is_a_warning_naming_the_checkpoint(tmp_path, caplog):
+    from gemdepth.training.cli import embedded_config
+
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with caplog.at_level("WARNING"):
+        assert embedded_config(bad) is None
+    assert str(bad) in caplog.text and "embedded" in caplog.text
+
+
+def test_fit_on_an_unfinished_corpus_is_a_message_not_a_traceback(tmp_path, corpora, monkeypatch, capsys):
+    import json as _json
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shards = tmp_path / "shards"
+    shutil.copytree(corpora, shards)
+    broken = shards / "synthetic"
+    index = _json.loads((broken / "index.json").read_text())
+    index["complete"] = False  # as an interrupted re-conversion leaves it
+    (broken / "index.json").write_text(_json.dumps(index))
+    cfg = tiny_overrides(tmp_path / "run", shards, 1, steps=1)
+    assert main(["fit", "-c", str(CONFIGS / "quickstart_stage1.yaml"), "-c", _write(tmp_path / "c.yaml", cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "gemdepth fit:" in err and str(broken) in err and "--resume" in err
+    assert "Traceback" not in err

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from gemdepth.data.schema import clip_key as _clip_key
+
 __all__ = [
     "ConverterError",
     "FrameError",
@@ -36,6 +38,10 @@ __all__ = [
     "intrinsics_matrix",
     "as_path",
     "clean_depth",
+    "note_invalid_depth",
+    "SKIP_SINK",
+    "ZEROED_SINK",
+    "RESUME_KEYS",
     "parse_floats",
     "parse_names",
 ]
@@ -44,6 +50,18 @@ log = logging.getLogger("gemdepth.data.converters")
 #: Where :meth:`SkipLog.summary` also adds its counts (set by ``run_converter``).
 SKIP_SINK: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar(
     "gemdepth_skip_sink", default=None)
+#: Where :meth:`SkipLog.summary` adds its zeroed-depth counts (set by ``run_converter``).
+ZEROED_SINK: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar(
+    "gemdepth_zeroed_sink", default=None)
+#: Sample keys already in the output corpus (a resumed conversion): :func:`build_clips` skips
+#: those clips without loading their frames (set by ``run_converter``, filled by
+#: ``write_corpus`` before it consumes clips).
+RESUME_KEYS: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar(
+    "gemdepth_resume_keys", default=None)
+#: The :class:`SkipLog` of the sequence being loaded (set by :func:`build_clips` around each
+#: ``load`` call), so that module-level loaders can count zeroed depth.
+_ACTIVE_SKIPS: contextvars.ContextVar[SkipLog | None] = contextvars.ContextVar(
+    "gemdepth_active_skips", default=None)
 
 
 class ConverterError(ValueError):
@@ -178,24 +196,59 @@ def read_exr(path: Path, channel: str | None = None) -> np.ndarray:
 # --------------------------------------------------------------------------- skips
 @dataclass
 class SkipLog:
-    """Counts skipped frames per reason and logs each one (a converter never skips silently)."""
+    """Counts skipped frames per reason and logs each one (a converter never skips silently),
+    and counts depth pixels zeroed because they were non-finite or negative (logged in the
+    run's summary)."""
 
     corpus: str
     counts: Counter = field(default_factory=Counter)
+    zeroed: Counter = field(default_factory=Counter)
 
     def skip(self, reason: str, detail: str) -> None:
         self.counts[reason] += 1
         log.warning("%s: skipped a frame (%s): %s", self.corpus, reason, detail)
+
+    def zero(self, non_finite: int, negative: int) -> None:
+        """Count one frame's depth pixels set to 0 (invalid) for being non-finite/negative."""
+        if non_finite or negative:
+            self.zeroed["non-finite pixels"] += int(non_finite)
+            self.zeroed["negative pixels"] += int(negative)
+            self.zeroed["frames"] += 1
 
     def summary(self) -> dict[str, int]:
         sink = SKIP_SINK.get()
         if sink is not None:
             for reason, n in self.counts.items():
                 sink[reason] = sink.get(reason, 0) + n
+        zsink = ZEROED_SINK.get()
+        if zsink is not None:
+            for what, n in self.zeroed.items():
+                zsink[what] = zsink.get(what, 0) + n
         if self.counts:
             log.warning("%s: skipped %d frame(s): %s", self.corpus, sum(self.counts.values()),
                         dict(self.counts))
+        if self.zeroed:
+            log.warning("%s: set %d non-finite and %d negative depth pixels to 0 (invalid) in %d "
+                        "frame(s)", self.corpus, self.zeroed["non-finite pixels"],
+                        self.zeroed["negative pixels"], self.zeroed["frames"])
         return dict(self.counts)
+
+
+def note_invalid_depth(depth: np.ndarray, exclude: np.ndarray | None = None) -> None:
+    """Count the non-finite and negative pixels of a raw depth map that the caller is about to
+    set to 0, in the run's summary (``exclude``: pixels that are deliberately non-finite,
+    e.g. sky stored as +inf). Counted in the :class:`SkipLog` of the frame being loaded."""
+    skips = _ACTIVE_SKIPS.get()
+    if skips is None:
+        return
+    d = np.asarray(depth)
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(d)
+        non_finite, negative = ~finite, finite & (d < 0)
+    if exclude is not None:
+        non_finite &= ~exclude
+        negative &= ~exclude
+    skips.zero(int(non_finite.sum()), int(negative.sum()))
 
 
 # --------------------------------------------------------------------------- cameras
@@ -274,15 +327,21 @@ def build_clips(
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     per_frame = list(per_frame_meta)
+    done = RESUME_KEYS.get()
     for chunk in _chunks(frames, clip_length, stride):
+        if done and _clip_key(corpus, sequence, chunk[0].index) in done:
+            continue  # already in the corpus being resumed: not loaded again
         loaded: list[tuple[FrameRef, LoadedFrame]] = []
         for ref in chunk:
+            token = _ACTIVE_SKIPS.set(skips)
             try:
                 fr = load(ref)
+                bad = _frame_problem(fr, has_pose)
             except FrameError as exc:
                 skips.skip(exc.reason, str(exc))
                 continue
-            bad = _frame_problem(fr, has_pose)
+            finally:
+                _ACTIVE_SKIPS.reset(token)
             if bad is None and loaded and fr.rgb.shape != loaded[0][1].rgb.shape:
                 first = loaded[0][1].rgb.shape[:2]
                 bad = f"size {fr.rgb.shape[:2]} differs from the clip's {first}"
@@ -358,8 +417,10 @@ def _frame_problem(fr: LoadedFrame, has_pose: bool) -> str | None:
 
 
 def clean_depth(depth: np.ndarray, max_valid: float | None = None) -> np.ndarray:
-    """float32 depth with non-finite, negative and (optionally) too-far values set to 0."""
+    """float32 depth with non-finite, negative and (optionally) too-far values set to 0; the
+    non-finite and negative ones are counted in the run's summary (:func:`note_invalid_depth`)."""
     d = np.asarray(depth, dtype=np.float32).copy()
+    note_invalid_depth(d)
     bad = ~np.isfinite(d) | (d < 0)
     if max_valid is not None:
         bad |= d > max_valid

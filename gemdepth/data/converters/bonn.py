@@ -28,9 +28,19 @@ import numpy as np
 from gemdepth.data.converters._common import parse_floats
 from gemdepth.data.converters.tum import DEPTH_SCALE, TumCamera, tum_like_clips
 
-__all__ = ["CORPUS", "LICENCE", "CAMERA", "T_ROS", "T_M", "marker_to_camera", "iter_clips"]
+__all__ = ["CORPUS", "OPTIONS", "LICENCE", "CAMERA", "T_ROS", "T_M", "marker_to_camera", "iter_clips"]
 
 CORPUS = "bonn"
+#: ``-o key=value`` options of ``gemdepth data convert bonn`` and their meaning.
+OPTIONS: dict[str, str] = {
+    'max_difference': 'max rgb-depth timestamp difference for association (s)',
+    'pose_tolerance': 'max distance to the nearest ground-truth pose sample (s)',
+    'undistort': 'true: remove the documented lens distortion',
+    'poses': 'false: write a pose-free corpus',
+    'pose_time': 'rgb or depth: which timestamp the pose is interpolated at',
+    'marker_correction': 'false: use groundtruth.txt as the camera pose (already corrected data)',
+    'intrinsics': 'fx,fy,cx,cy overriding the documented camera',
+}
 LICENCE = "CC-BY-NC-SA-4.0 (Bonn RGB-D Dynamic Dataset terms)"
 LAYOUT = ("<sequence>/{rgb.txt, depth.txt, groundtruth.txt, rgb/*.png, depth/*.png} "
           "(Bonn RGB-D Dynamic = TUM layout; ROOT may be one sequence or a folder of them)")

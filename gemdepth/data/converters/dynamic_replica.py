@@ -39,13 +39,19 @@ from gemdepth.data.converters._common import (
     as_path,
     build_clips,
     intrinsics_matrix,
+    note_invalid_depth,
     read_rgb,
 )
 
-__all__ = ["CORPUS", "LICENCE", "iter_clips", "pytorch3d_to_opencv", "read_float16_png"]
+__all__ = ["CORPUS", "OPTIONS", "LICENCE", "iter_clips", "pytorch3d_to_opencv", "read_float16_png"]
 
 CORPUS = "dynamic_replica"
 LICENCE = "CC-BY-NC-4.0"
+#: ``-o key=value`` options of ``gemdepth data convert dynamic_replica`` and their meaning.
+OPTIONS: dict[str, str] = {
+    'split': 'annotation split, e.g. train, valid, test (default: every one found)',
+    'camera': 'left, right, or all (both as separate sequences)',
+}
 LAYOUT = ("<split>/frame_annotations_<split>.jgz plus the image/depth files it names "
           "(paths relative to <split>/)")
 _FLIP = np.diag([-1.0, -1.0, 1.0])
@@ -182,6 +188,7 @@ def _load(ref: FrameRef) -> LoadedFrame:
                          f"{size[0]}x{size[1]}")
     k, e = pytorch3d_to_opencv(ref.extra["viewpoint"], h, w)
     depth = read_float16_png(ref.paths["depth"]) * ref.extra["scale"]
+    note_invalid_depth(depth)
     depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
     return LoadedFrame(rgb=rgb, depth=depth, intrinsics=k, extrinsics=e,
                        extra={"timestamps": ref.extra.get("timestamps")})

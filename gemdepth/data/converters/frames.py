@@ -39,13 +39,28 @@ from gemdepth.data.converters._common import (
     build_clips,
     intrinsics_matrix,
     natural_key,
+    note_invalid_depth,
     read_exr,
     read_rgb,
 )
 
-__all__ = ["CORPUS", "LABELS", "iter_clips", "read_label"]
+__all__ = ["CORPUS", "OPTIONS", "LABELS", "iter_clips", "read_label"]
 
 CORPUS = "frames"
+#: ``-o key=value`` options of ``gemdepth data convert frames`` and their meaning.
+OPTIONS: dict[str, str] = {
+    'label': 'what the label maps hold: disparity, metric-depth or relative-depth',
+    'scale': 'factor applied to the labels (e.g. 0.001 for millimetre PNGs)',
+    'fx': 'focal length x in pixels (give fx, fy, cx, cy together)',
+    'fy': 'focal length y in pixels',
+    'cx': 'principal point x in pixels',
+    'cy': 'principal point y in pixels',
+    'fov_deg': 'horizontal field of view assumed when fx..cy are not given',
+    'corpus': 'corpus name written into the shards',
+    'licence': 'licence string recorded',
+    'rgb_dir': 'frame folder name (default: rgb, images, image, color or frames)',
+    'label_dir': 'label folder name (default: depth, disparity, labels or depths)',
+}
 LABELS = ("disparity", "metric-depth", "relative-depth")
 RGB_DIRS = ("rgb", "images", "image", "color", "frames")
 LABEL_DIRS = ("depth", "disparity", "labels", "depths")
@@ -123,6 +138,7 @@ def iter_clips(
     def load(ref: FrameRef) -> LoadedFrame:
         rgb = read_rgb(ref.paths["rgb"])
         raw = read_label(ref.paths["depth"]) * np.float32(scale)
+        note_invalid_depth(raw)
         ok = np.isfinite(raw) & (raw > 0)
         if label == "relative-depth":
             value = np.where(ok, 1.0 / np.where(ok, raw, 1.0), 0.0)

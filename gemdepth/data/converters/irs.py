@@ -29,14 +29,20 @@ from gemdepth.data.converters._common import (
     build_clips,
     intrinsics_matrix,
     natural_key,
+    note_invalid_depth,
     read_exr,
     read_rgb,
 )
 
-__all__ = ["CORPUS", "LICENCE", "FOCAL", "BASELINE", "iter_clips"]
+__all__ = ["CORPUS", "OPTIONS", "LICENCE", "FOCAL", "BASELINE", "iter_clips"]
 
 CORPUS = "irs"
 LICENCE = "research-only (IRS dataset terms)"
+#: ``-o key=value`` options of ``gemdepth data convert irs`` and their meaning.
+OPTIONS: dict[str, str] = {
+    'focal': 'focal length in pixels (disparity -> depth and intrinsics)',
+    'baseline': 'stereo baseline in metres for metric depth; none: store relative disparity',
+}
 LAYOUT = "<category>/<scene>/{l_<n>.png, d_<n>.exr}"
 FOCAL = 480.0
 BASELINE = 0.1
@@ -60,6 +66,7 @@ def iter_clips(root: Path, clip_length: int = 32, stride: int = 1, *,
     def load(ref: FrameRef) -> LoadedFrame:
         rgb = read_rgb(ref.paths["rgb"])
         disp = read_exr(ref.paths["depth"])
+        note_invalid_depth(disp)
         ok = np.isfinite(disp) & (disp > 0)
         h, w = disp.shape
         k = intrinsics_matrix(focal, focal, w / 2.0, h / 2.0)

@@ -45,10 +45,17 @@ from gemdepth.data.converters._common import (
     read_rgb,
 )
 
-__all__ = ["CORPUS", "LICENCE", "EARTH_RADIUS", "read_calib", "oxts_to_imu_poses",
+__all__ = ["CORPUS", "OPTIONS", "LICENCE", "EARTH_RADIUS", "read_calib", "oxts_to_imu_poses",
            "camera_from_imu", "iter_clips"]
 
 CORPUS = "kitti"
+#: ``-o key=value`` options of ``gemdepth data convert kitti`` and their meaning.
+OPTIONS: dict[str, str] = {
+    'raw_root': 'folder of the raw recordings (default: ROOT)',
+    'camera': '2 (left colour) or 3 (right colour)',
+    'split': 'train or val sub-folder to convert (default: all)',
+    'poses': 'auto (OXTS poses when every drive has them), oxts (insist) or none',
+}
 LICENCE = "CC-BY-NC-SA-3.0"
 LAYOUT = ("ROOT: [train|val/]<drive>/proj_depth/groundtruth/image_0<c>/<n>.png; raw_root: "
           "<date>/{calib_cam_to_cam.txt, <drive>/image_0<c>/data/<n>.png [, <drive>/oxts/data/"

@@ -34,14 +34,19 @@ from gemdepth.data.converters._common import (
     build_clips,
     intrinsics_matrix,
     natural_key,
+    note_invalid_depth,
     read_exr,
     read_rgb,
 )
 
-__all__ = ["CORPUS", "LICENCE", "iter_clips", "read_pose_json"]
+__all__ = ["CORPUS", "OPTIONS", "LICENCE", "iter_clips", "read_pose_json"]
 
 CORPUS = "mvs_synth"
 LICENCE = "research-only (MVS-Synth terms, GTA V imagery)"
+#: ``-o key=value`` options of ``gemdepth data convert mvs_synth`` and their meaning.
+OPTIONS: dict[str, str] = {
+    'resolution': '1080, 720 or 540: which GTAV_<res> folder when ROOT holds several',
+}
 LAYOUT = "GTAV_<res>/<nnnn>/{images/<nnnn>.png, depths/<nnnn>.exr, poses/<nnnn>.json}"
 
 
@@ -114,6 +119,7 @@ def iter_clips(root: Path, clip_length: int = 32, stride: int = 1, *,
         rescaled["any"] = rescaled.get("any", False) or was
         depth = read_exr(ref.paths["depth"])
         sky = np.isposinf(depth)
+        note_invalid_depth(depth, exclude=sky)
         depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
         return LoadedFrame(rgb=rgb, depth=depth, intrinsics=k, extrinsics=e, sky=sky)
 

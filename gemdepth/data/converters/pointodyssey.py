@@ -32,10 +32,12 @@ from gemdepth.data.converters._common import (
     require_dir,
 )
 
-__all__ = ["CORPUS", "LICENCE", "DEPTH_SCALE", "iter_clips"]
+__all__ = ["CORPUS", "OPTIONS", "LICENCE", "DEPTH_SCALE", "iter_clips"]
 
 CORPUS = "pointodyssey"
 LICENCE = "CC-BY-NC-SA-4.0 (PointOdyssey terms)"
+#: ``-o key=value`` options of ``gemdepth data convert pointodyssey`` and their meaning.
+OPTIONS: dict[str, str] = {}
 LAYOUT = "<split>/<scene>/{rgbs/rgb_<00000>.jpg, depths/depth_<00000>.png, anno.npz}"
 #: Metres per depth code.
 DEPTH_SCALE = 1000.0 / 65535.0

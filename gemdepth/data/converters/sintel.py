@@ -30,13 +30,20 @@ from gemdepth.data.converters._common import (
     as_path,
     build_clips,
     natural_key,
+    note_invalid_depth,
     read_rgb,
     require_dir,
 )
 
-__all__ = ["CORPUS", "LICENCE", "TAG_FLOAT", "read_dpt", "read_cam", "iter_clips"]
+__all__ = ["CORPUS", "OPTIONS", "LICENCE", "TAG_FLOAT", "read_dpt", "read_cam", "iter_clips"]
 
 CORPUS = "sintel"
+#: ``-o key=value`` options of ``gemdepth data convert sintel`` and their meaning.
+OPTIONS: dict[str, str] = {
+    'pass_name': 'final or clean rendering pass',
+    'depth_root': 'folder of the separate depth/camera release (default: ROOT)',
+    'max_depth': 'depth (m) beyond which pixels are invalid (default: keep all)',
+}
 LICENCE = "research-only (MPI Sintel terms)"
 LAYOUT = ("training/{final|clean}/<seq>/frame_<nnnn>.png, training/depth/<seq>/frame_<nnnn>.dpt, "
           "training/camdata_left/<seq>/frame_<nnnn>.cam")
@@ -103,6 +110,7 @@ def iter_clips(root: Path, clip_length: int = 32, stride: int = 1, *,
         rgb = read_rgb(ref.paths["rgb"])
         depth = read_dpt(ref.paths["depth"])
         m, n = read_cam(ref.paths["cam"])
+        note_invalid_depth(depth)
         bad = ~np.isfinite(depth) | (depth <= 0)
         if max_depth is not None:
             bad |= depth > max_depth

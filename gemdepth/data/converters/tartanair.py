@@ -37,16 +37,22 @@ from gemdepth.data.converters._common import (
     build_clips,
     intrinsics_matrix,
     natural_key,
+    note_invalid_depth,
     pose_from_c2w,
     read_rgb,
     require_dir,
 )
 from gemdepth.geometry import quat_to_rotmat
 
-__all__ = ["CORPUS", "LICENCE", "K", "NED_TO_CV", "ned_c2w_to_w2c", "intrinsics_for", "iter_clips"]
+__all__ = ["CORPUS", "OPTIONS", "LICENCE", "K", "NED_TO_CV", "ned_c2w_to_w2c", "intrinsics_for", "iter_clips"]
 
 CORPUS = "tartanair"
 LICENCE = "CC-BY-4.0"
+#: ``-o key=value`` options of ``gemdepth data convert tartanair`` and their meaning.
+OPTIONS: dict[str, str] = {
+    'camera': 'left or right',
+    'sky_depth': 'depth (m) at or beyond which a pixel is sky (mask, depth 0)',
+}
 LAYOUT = ("<env>/<Easy|Hard>/P<nnn>/{image_left/<n>_left.png, depth_left/<n>_left_depth.npy, "
           "pose_left.txt}")
 K = intrinsics_matrix(320.0, 320.0, 320.0, 240.0)
@@ -129,6 +135,7 @@ def iter_clips(
                 if depth.ndim != 2:
                     raise FrameError(f"{ref.paths['depth']}: expected (H, W), got {depth.shape}")
                 sky = ~np.isfinite(depth) | (depth >= sky_depth)
+                note_invalid_depth(depth, exclude=sky)
                 depth = np.where(sky | (depth < 0), 0.0, depth).astype(np.float32)
                 if depth.shape != rgb.shape[:2]:
                     raise FrameError(f"{ref.paths['depth']}: depth {depth.shape} vs image "

@@ -20,7 +20,8 @@ Conversion (as the dataset's tools do it):
 * camera-to-world is inverted into world-to-camera (the TUM camera frame already has OpenCV
   axes: x right, y down, z forward);
 * intrinsics come from the TUM documentation per camera (``fr1``/``fr2``/``fr3``, detected
-  from the folder name, or ``camera=``); ``undistort=True`` removes the documented lens
+  from the ``# file: 'rgbd_dataset_freiburg…'`` header line of ``rgb.txt``/``depth.txt`` or
+  from the folder name (they must agree), or ``camera=``); ``undistort=True`` removes the documented lens
   distortion (fr1, fr2) by resampling colour (bilinear) and depth (nearest) onto the same K.
 
 The frame index of a clip frame is its row in ``rgb.txt`` (0-based).
@@ -52,10 +53,20 @@ from gemdepth.data.converters._common import (
 )
 from gemdepth.geometry import quat_to_rotmat
 
-__all__ = ["CORPUS", "LICENCE", "CAMERAS", "iter_clips", "associate", "read_tum_list",
-           "interpolate_poses", "TumCamera"]
+__all__ = ["CORPUS", "LICENCE", "CAMERAS", "OPTIONS", "iter_clips", "associate", "read_tum_list",
+           "interpolate_poses", "TumCamera", "detect_tum_camera", "header_camera"]
 
 CORPUS = "tum"
+#: ``-o key=value`` options of ``gemdepth data convert tum`` and their meaning.
+OPTIONS: dict[str, str] = {
+    'camera': 'fr1, fr2, fr3 or ros-default (default: from the rgb.txt header or folder name)',
+    'max_difference': 'max rgb-depth timestamp difference for association (s)',
+    'pose_tolerance': 'max distance to the nearest ground-truth pose sample (s)',
+    'undistort': 'true: remove the documented lens distortion (fr1, fr2)',
+    'poses': 'false: write a pose-free corpus',
+    'pose_time': 'rgb or depth: which timestamp the pose is interpolated at',
+    'intrinsics': 'fx,fy,cx,cy overriding the documented camera',
+}
 LICENCE = "CC-BY-4.0"
 LAYOUT = ("<sequence>/{rgb.txt, depth.txt, groundtruth.txt, rgb/*.png, depth/*.png} "
           "(TUM RGB-D layout; ROOT may be one sequence or a folder of sequences)")
@@ -235,6 +246,33 @@ def detect_tum_camera(name: str) -> str | None:
     return f"fr{m.group(1)}" if m else None
 
 
+_FILE_HEADER = re.compile(r"^#\s*file:\s*['\"]?([^'\"]+)['\"]?\s*$")
+
+
+def header_camera(seq: Path) -> tuple[str, str] | None:
+    """``(camera, where)`` from the ``# file: 'rgbd_dataset_freiburg1_xyz.bag'`` header line of a
+    sequence's ``rgb.txt``/``depth.txt`` (the recording's own name, which survives renamed
+    folders), or None when no header names a camera. Headers that disagree raise."""
+    found: dict[str, str] = {}
+    for name in ("rgb.txt", "depth.txt"):
+        path = seq / name
+        if not path.is_file():
+            continue
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    break  # headers only: the comment block at the top
+                m = _FILE_HEADER.match(line)
+                cam = detect_tum_camera(m.group(1)) if m else None
+                if cam is not None:
+                    found[f"{path} ({m.group(1)})"] = cam
+    if len(set(found.values())) > 1:
+        raise ConverterError(f"{seq}: the file headers name different cameras {found}; pass "
+                             f"camera= one of {sorted(CAMERAS)}")
+    return next(((cam, where) for where, cam in found.items()), None)
+
+
 def tum_like_clips(
     root: Path,
     clip_length: int,
@@ -337,8 +375,9 @@ def tum_like_clips(
 
 def _missing_camera(seq: Path) -> ConverterError:
     return ConverterError(
-        f"cannot tell the TUM camera of {seq.name!r} (no 'freiburg1/2/3' or 'fr1/2/3' in the "
-        f"name); pass camera= one of {sorted(CAMERAS)}")
+        f"cannot tell the TUM camera of {seq} (no 'freiburg1/2/3' or 'fr1/2/3' in the folder "
+        "name nor in a \"# file: 'rgbd_dataset_freiburg…'\" header line of rgb.txt/depth.txt); "
+        f"pass -o camera= one of {sorted(CAMERAS)}")
 
 
 def iter_clips(
@@ -367,7 +406,13 @@ def iter_clips(
     def camera_for(seq: Path) -> tuple[str, TumCamera]:
         if given is not None:
             return "given", TumCamera(*given)
-        name = camera or detect_tum_camera(seq.name)
+        if camera is not None:
+            return camera, CAMERAS[camera]
+        from_name, from_header = detect_tum_camera(seq.name), header_camera(seq)
+        if from_name and from_header and from_name != from_header[0]:
+            raise ConverterError(f"{seq}: the folder name says {from_name} but {from_header[1]} "
+                                 f"says {from_header[0]}; pass -o camera= to choose")
+        name = from_header[0] if from_header else from_name
         if name is None:
             raise _missing_camera(seq)
         return name, CAMERAS[name]

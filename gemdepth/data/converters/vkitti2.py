@@ -40,10 +40,15 @@ from gemdepth.data.converters._common import (
     require_file,
 )
 
-__all__ = ["CORPUS", "LICENCE", "SKY_VALUE", "iter_clips", "read_camera_table"]
+__all__ = ["CORPUS", "OPTIONS", "LICENCE", "SKY_VALUE", "iter_clips", "read_camera_table"]
 
 CORPUS = "vkitti2"
 LICENCE = "CC-BY-NC-SA-3.0"
+#: ``-o key=value`` options of ``gemdepth data convert vkitti2`` and their meaning.
+OPTIONS: dict[str, str] = {
+    'cameras': 'camera ids to convert, e.g. 0 or 0,1 (both stereo cameras)',
+    'variations': 'variation folders, e.g. clone,fog (default: all)',
+}
 LAYOUT = ("Scene*/<variation>/frames/{rgb,depth}/Camera_<c>/{rgb,depth}_<00000>.{jpg,png} and "
           "Scene*/<variation>/{extrinsic,intrinsic}.txt, merged or under vkitti_2.0.3_{rgb,depth,"
           "textgt}/")

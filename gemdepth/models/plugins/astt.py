@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gemdepth.models.chunking import maybe_checkpoint
 from gemdepth.models.plugins.attention import Block
 from gemdepth.models.plugins.base import PLUGIN_POSITIONS, PlugIn
 from gemdepth.models.plugins.rope import grid_positions, rope_cos_sin
@@ -128,6 +129,7 @@ class ASTT(PlugIn):
             nn.init.zeros_(self.proj_out.weight)
             nn.init.zeros_(self.proj_out.bias)
         self.stochastic_inference = stochastic_inference
+        self.checkpointing = False  # activation checkpointing of the block pairs (training)
 
     @property
     def stochastic_inference(self) -> bool:
@@ -150,8 +152,9 @@ class ASTT(PlugIn):
                 f"got {tuple(tokens.shape)}"
             )
         emb = frame_index_embedding(frames, c, tokens.device).to(tokens.dtype)
-        x = self.dec_norm(tokens).view(batch, frames, length, c) + emb[None, :, None, :]
-        return x.reshape(batch, frames * length, c)
+        x = self.dec_norm(tokens)  # a fresh tensor (LayerNorm keeps no output for backward): add in place
+        x.view(batch, frames, length, c).add_(emb[None, :, None, :])
+        return x.view(batch, frames * length, c)
 
     def mix(self, x: Tensor, batch: int, frames: int, grid_h: int, grid_w: int) -> Tensor:
         """Run the block pairs on prepared tokens ``(B, T·L, C)``; returns ``(B·T, L, C)``."""
@@ -163,10 +166,10 @@ class ASTT(PlugIn):
             rope = rope_cos_sin(pos, self.spatial_head_dim, self.rope_frequency)
         for i in range(self.depth):
             if len(self.spatial_blocks):
-                x = self.spatial_blocks[i](x, rope)
+                x = maybe_checkpoint(self.checkpointing, self.spatial_blocks[i], x, rope)
             if len(self.time_blocks):
                 x = x.view(batch, frames, length, c).transpose(1, 2).reshape(batch * length, frames, c)
-                x = self.time_blocks[i](x)
+                x = maybe_checkpoint(self.checkpointing, self.time_blocks[i], x)
                 x = x.view(batch, length, frames, c).transpose(1, 2).reshape(batch, frames * length, c)
         return x.reshape(batch * frames, length, c)
 
@@ -177,6 +180,7 @@ class ASTT(PlugIn):
             raise RuntimeError(f"this ASTT sits at position {self.position!r}; call forward_map")
         x = self.prepare(feats.tokens[3], feats.batch, feats.frames)
         feats.tokens = list(feats.tokens)
+        feats.tokens[3] = x  # drop this list's reference to the input map while mixing (memory)
         feats.tokens[3] = self.mix(x, feats.batch, feats.frames, feats.patch_h, feats.patch_w)
         return feats
 

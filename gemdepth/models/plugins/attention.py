@@ -17,16 +17,23 @@ ASTT time          eps 1e-6     no         none          none        0.1 / 0.1 /
 LayerNorm eps 1e-5; the ASTT blocks get the model's ``partial(LayerNorm, eps=1e-6)``.)
 
 The MLP, LayerScale and DropPath are timm's (numerically identical to the official ones).
+
+Memory: in inference (eval, no autograd) a block bounds its working memory by ``max_memory``:
+independent sequences (dim 0) run in slices, one long sequence computes its keys/values once and
+its queries in slices (each query row's softmax only needs all keys), and the MLP runs in slices
+of tokens — all row-wise, so the numbers equal the one-call forward.
 Attention goes through :func:`torch.nn.functional.scaled_dot_product_attention` with the
 default scale ``head_dim ** -0.5`` (what the official passes explicitly).
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, Mlp
 from torch import Tensor, nn
 
+from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, MIN_TOKEN_ROWS, map_rows, rows_per_chunk
 from gemdepth.models.plugins.rope import apply_rope
 
 __all__ = ["Attention", "Block"]
@@ -70,6 +77,47 @@ class Attention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def bounded(self, x: Tensor, norm: nn.Module, scale: nn.Module, rope: RopeTables | None, chunk: int,
+                query_rows: Tensor | None = None) -> Tensor:
+        """``x + scale(attn(norm(x)))`` for all rows (or ``query_rows``), ``chunk`` rows at a time (inference).
+
+        Keys and values are built slice by slice into ``(B, heads, N, D)`` buffers, then each
+        query slice attends to all of them; no full-size normalised input, qkv or RoPE
+        temporaries exist at once. Row-wise, so the numbers equal the one-call forward.
+        """
+        b, n, dim = x.shape
+        w, bias = self.qkv.weight, self.qkv.bias
+        shape = (b, self.num_heads, n, self.head_dim)
+        k, v = x.new_empty(shape), x.new_empty(shape)
+        cos = sin = None
+        if rope is not None:
+            cos, sin = rope[0].to(x.dtype), rope[1].to(x.dtype)
+        for start in range(0, n, chunk):
+            rows = slice(start, min(n, start + chunk))
+            kv = F.linear(norm(x[:, rows]), w[dim:], None if bias is None else bias[dim:])
+            ks, vs = kv.view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            ks = self.k_norm(ks)
+            if cos is not None and sin is not None:
+                ks = apply_rope(ks, cos[..., rows, :], sin[..., rows, :])
+            k[:, :, rows], v[:, :, rows] = ks, vs
+            del kv, ks, vs
+        if query_rows is not None:
+            xq = x[:, query_rows]
+            q = self.q_norm(self._heads(F.linear(norm(xq), w[:dim], None if bias is None else bias[:dim])))
+            if cos is not None and sin is not None:
+                q = apply_rope(q, cos[..., query_rows, :], sin[..., query_rows, :])
+            o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, dim)
+            return xq + scale(self.proj(o))
+        out = torch.empty_like(x)
+        for start in range(0, n, chunk):
+            rows = slice(start, min(n, start + chunk))
+            q = self.q_norm(self._heads(F.linear(norm(x[:, rows]), w[:dim], None if bias is None else bias[:dim])))
+            if cos is not None and sin is not None:
+                q = apply_rope(q, cos[..., rows, :], sin[..., rows, :])
+            o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, dim)
+            out[:, rows] = x[:, rows] + scale(self.proj(o))
+        return out
 
     def forward(
         self, x: Tensor, rope: RopeTables | None = None, query_rows: Tensor | None = None
@@ -142,11 +190,40 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=ffn_bias, drop=proj_drop)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.max_memory: int | None = DEFAULT_MAX_MEMORY
+
+    def _token_bytes(self, element_size: int) -> tuple[int, int]:
+        """Working bytes per token of the attention part (qkv, output, projection) and of the MLP."""
+        dim, hidden = self.norm1.normalized_shape[0], self.mlp.fc1.out_features
+        return element_size * 8 * dim, element_size * (3 * dim + 2 * hidden)
+
+    def _bounded(self, x: Tensor, rope: RopeTables | None, query_rows: Tensor | None) -> Tensor:
+        """Inference forward of one slice of sequences: attention in query/key slices, then the MLP
+        residual added in place, slice by slice, into the attention output (a fresh tensor)."""
+        b, n, c = x.shape
+        attn_bytes, mlp_bytes = self._token_bytes(x.element_size())
+        chunk = rows_per_chunk(n, b * attn_bytes, self.max_memory, MIN_TOKEN_ROWS)
+        x = self.attn.bounded(x, self.norm1, self.ls1, rope, chunk, query_rows)
+        flat = x.contiguous().view(-1, c)  # a fresh tensor: the MLP residual goes in place
+        rows = flat.shape[0]
+        chunk = rows_per_chunk(rows, mlp_bytes, self.max_memory, MIN_TOKEN_ROWS)
+        for start in range(0, rows, chunk):
+            t = flat[start:start + chunk]
+            t.add_(self.ls2(self.mlp(self.norm2(t))))
+        return flat.view(x.shape)
 
     def forward(
         self, x: Tensor, rope: RopeTables | None = None, query_rows: Tensor | None = None
     ) -> Tensor:
         """Apply the block; with ``query_rows`` only those rows are computed and returned."""
+        stochastic = self.attn.stochastic and self.attn.attn_drop > 0
+        if self.max_memory is not None and not (self.training or stochastic or torch.is_grad_enabled()):
+            b, n, _ = x.shape
+            attn_bytes, mlp_bytes = self._token_bytes(x.element_size())
+            chunk = rows_per_chunk(b, n * max(attn_bytes, mlp_bytes), self.max_memory)
+            if query_rows is None and chunk < b:
+                return map_rows(lambda t: self._bounded(t, rope, None), b, chunk, x)
+            return self._bounded(x, rope, query_rows)
         residual = x if query_rows is None else x[:, query_rows]
         x = residual + self.drop_path(self.ls1(self.attn(self.norm1(x), rope, query_rows)))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))

@@ -47,6 +47,7 @@ from gemdepth.geometry import (
     quat_multiply,
     quat_to_rotmat,
 )
+from gemdepth.models.chunking import maybe_checkpoint
 from gemdepth.models.plugins.attention import Block
 from gemdepth.models.plugins.base import PlugIn
 from gemdepth.models.plugins.camera_head import CameraHead
@@ -177,6 +178,7 @@ class GEM(PlugIn):
         self.pose_noise_seed = pose_noise_seed
         self.official_batch_order = official_batch_order
         self._noise_gen: torch.Generator | None = None
+        self.checkpointing = False  # activation checkpointing of the frame/global blocks (training)
 
         # N(0, 1) as the official constructor draws them (no later re-initialisation)
         self.camera_token = nn.Parameter(torch.randn(1, 2, 1, dim))
@@ -231,13 +233,13 @@ class GEM(PlugIn):
         camera_rows = torch.arange(frames, device=tokens.device) * p
         depth = len(self.frame_blocks)
         for i, (fblk, gblk) in enumerate(zip(self.frame_blocks, self.global_blocks)):
-            x = fblk(x, frame_rope)
+            x = maybe_checkpoint(self.checkpointing, fblk, x, frame_rope)
             frame_cam = x[:, 0].view(batch, frames, c)
             flat = x.reshape(batch, frames * p, c)
             if i == depth - 1:  # only the camera rows of the last global block are used
-                global_cam = gblk(flat, global_rope, camera_rows)
+                global_cam = maybe_checkpoint(self.checkpointing, gblk, flat, global_rope, camera_rows)
             else:
-                x = gblk(flat, global_rope).reshape(batch * frames, p, c)
+                x = maybe_checkpoint(self.checkpointing, gblk, flat, global_rope).reshape(batch * frames, p, c)
         return torch.cat([frame_cam, global_cam], dim=-1)
 
     def feed_mask(self, batch: int, frames: int, device: torch.device) -> Tensor:

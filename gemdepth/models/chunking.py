@@ -1,0 +1,170 @@
+"""Memory-bounded micro-batching: run a row-wise stage over slices whose size comes from a budget.
+
+Every stage that treats rows (frames, token positions) independently can run on slices of its
+input and give the same numbers as one call on the whole input. The slice size comes from a
+byte budget (``max_memory``) divided by an estimate of the stage's working memory per row, so
+the peak of one window no longer grows with the number of frames. ``max_memory=None`` runs each
+stage on the whole input at once (the unchunked forward).
+
+Modules that chunk carry a ``max_memory`` attribute; :func:`set_max_memory` sets it on all of a
+model's modules (``VideoDepthModel.set_max_memory`` calls it). The activation-checkpointing
+switches per part (:func:`set_checkpointing`, the model config's ``checkpointing``) live here too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.utils.checkpoint
+from torch import Tensor, nn
+
+MIN_TOKEN_ROWS = 64  # smallest slice of tokens for row-wise linear layers (same numbers as one call)
+DEFAULT_MAX_MEMORY = 256 * 2**20  # bytes of stage working memory per slice (activations, not weights)
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
+
+
+def parse_memory(value: int | float | str | None) -> int | None:
+    """``512MB``, ``2GB``, ``1.5g``, ``1073741824`` or a number → bytes; ``None``/``"none"`` → ``None``.
+
+    Units are binary (``1GB`` = 2**30 bytes). ``None`` means "no budget": stages run unchunked.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError("max_memory must be a size such as '2GB' or a number of bytes, not a bool")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        text = str(value).strip().lower()
+        if text in ("none", "off", "unlimited"):
+            return None
+        match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)", text)
+        if not match or match.group(2) not in _UNITS:
+            raise ValueError(
+                f"cannot read the memory size {value!r}: use a number of bytes or a number with a unit "
+                f"(e.g. 512MB, 2GB, 1.5GiB), or 'none' for no limit"
+            )
+        number, unit = float(match.group(1)), match.group(2)
+    size = int(number * _UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"max_memory must be positive, got {value!r} (use 'none' for no limit)")
+    return size
+
+
+def rows_per_chunk(rows: int, bytes_per_row: float, max_memory: int | None, min_rows: int = 1) -> int:
+    """How many rows fit in ``max_memory`` at ``bytes_per_row`` (≥ ``min_rows``, ≤ ``rows``; all if no budget).
+
+    ``min_rows`` keeps token slices where BLAS takes the same matrix-multiply path as for the whole
+    input (a handful of rows goes through matrix-vector kernels that round differently).
+    """
+    if max_memory is None or bytes_per_row <= 0:
+        return max(rows, 1)
+    return int(max(1, min(rows, max(min_rows, max_memory // max(int(bytes_per_row), 1)))))
+
+
+def _slice(value: Any, index: slice) -> Any:
+    if isinstance(value, Tensor):
+        return value[index]
+    if isinstance(value, (list, tuple)):
+        return type(value)(_slice(v, index) for v in value)
+    return value
+
+
+def map_rows(fn: Callable[..., Any], rows: int, chunk: int, *args: Any) -> Any:
+    """``fn(*args)`` computed on row slices ``[i : i + chunk]`` of every tensor in ``args`` and joined.
+
+    Tensors (also inside lists/tuples) are sliced along dim 0; other arguments pass as they are.
+    ``fn`` returns a tensor or a tuple of tensors with ``rows`` leading rows. Without autograd the
+    slices are written into preallocated outputs (no second copy for a concatenation); with it,
+    they are concatenated. With ``chunk >= rows`` this is exactly ``fn(*args)``.
+    """
+    if chunk >= rows:
+        return fn(*args)
+    outs: list[Tensor] | None = None
+    parts: list[tuple[Tensor, ...]] = []
+    single = False
+    grad = torch.is_grad_enabled()
+    for start in range(0, rows, chunk):
+        index = slice(start, min(rows, start + chunk))
+        result = fn(*(_slice(a, index) for a in args))
+        single = isinstance(result, Tensor)
+        ys: tuple[Tensor, ...] = (result,) if single else tuple(result)
+        if grad:
+            parts.append(ys)
+            continue
+        if outs is None:
+            outs = [y.new_empty((rows, *y.shape[1:])) for y in ys]
+        for out, y in zip(outs, ys):
+            out[index] = y
+        del result, ys
+    if grad:
+        outs = [torch.cat(list(group), dim=0) for group in zip(*parts)]
+    assert outs is not None
+    return outs[0] if single else tuple(outs)
+
+
+def set_max_memory(module: nn.Module, max_memory: int | float | str | None) -> int | None:
+    """Set the activation budget of every chunking submodule of ``module``; returns it in bytes."""
+    budget = parse_memory(max_memory)
+    for sub in module.modules():
+        if hasattr(sub, "max_memory"):
+            sub.max_memory = budget
+    return budget
+
+
+def budgeted_modules(module: nn.Module) -> Iterable[nn.Module]:
+    """The submodules that read a ``max_memory`` budget."""
+    return (sub for sub in module.modules() if hasattr(sub, "max_memory"))
+
+
+CHECKPOINT_PARTS = ("encoder", "plugins", "head")
+
+
+def maybe_checkpoint(enabled: bool, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, under non-reentrant activation checkpointing when ``enabled`` and autograd is on."""
+    if enabled and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def normalize_checkpointing(value: Any) -> dict[str, bool]:
+    """The model config's ``checkpointing``: ``true`` (all parts), a list of parts, or a mapping
+    part → bool, with parts ``encoder`` (ViT blocks), ``plugins`` (GEM/ASTT blocks), ``head``
+    (DPT stages and motion modules) → ``{part: bool}`` for every part."""
+    if value is None or value is False:
+        return dict.fromkeys(CHECKPOINT_PARTS, False)
+    if value is True:
+        return dict.fromkeys(CHECKPOINT_PARTS, True)
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)):
+        value = dict.fromkeys(value, True)
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"checkpointing must be true/false, a list of parts or a mapping part → bool "
+            f"(parts: {list(CHECKPOINT_PARTS)}), got {value!r}"
+        )
+    unknown = sorted(set(value) - set(CHECKPOINT_PARTS))
+    if unknown:
+        raise ValueError(f"unknown checkpointing parts {unknown}; allowed: {list(CHECKPOINT_PARTS)}")
+    return {part: bool(value.get(part, False)) for part in CHECKPOINT_PARTS}
+
+
+def set_checkpointing(model: nn.Module, encoder: bool = False, plugins: bool = False, head: bool = False) -> None:
+    """Turn activation checkpointing on/off per part of a ``VideoDepthModel``-like module
+    (``encoder``, ``plugins``, ``head`` attributes)."""
+    enc = getattr(model, "encoder", None)
+    if enc is not None:
+        if hasattr(enc, "set_grad_checkpointing"):
+            enc.set_grad_checkpointing(encoder)
+        else:
+            enc.checkpointing = encoder
+    for plugin in getattr(model, "plugins", {}).values():
+        plugin.checkpointing = plugins
+    hd = getattr(model, "head", None)
+    if hd is not None:
+        hd.checkpointing = head

@@ -1,0 +1,64 @@
+"""``gemdepth infer --max-memory / --no-encoder-cache / --compile``: same depth, recorded in run.json,
+clear errors, and a compiler that cannot run leaves the run eager with a warning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from infer_fakes import make_frames, write_folder
+
+import gemdepth.compile as gcompile
+from gemdepth.inference.cli import main
+
+MINI_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "official_mini_gemdepth.yaml"
+
+
+@pytest.fixture(scope="module")
+def mini_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gemdepth.models import build_model
+    from gemdepth.weights.convert import save_checkpoint
+
+    config = yaml.safe_load(MINI_CONFIG.read_text())
+    path = tmp_path_factory.mktemp("ckpt") / "mini.safetensors"
+    save_checkpoint(build_model(config).eval(), config, path)
+    return path
+
+
+def _infer(folder: Path, ckpt: Path, out: Path, *extra: str) -> tuple[np.ndarray, dict]:
+    code = main([str(folder), "--ckpt", str(ckpt), "--out", str(out), "--input-size", "28", "--no-progress",
+                 "--no-video", "--no-ply", *extra])
+    assert code == 0
+    with np.load(out / folder.name / "depth.npz") as z:
+        depth = z["depth"].astype(np.float32)
+    return depth, json.loads((out / folder.name / "run.json").read_text())
+
+
+def test_memory_budget_and_encoder_cache_keep_the_output(tmp_path: Path, mini_checkpoint: Path) -> None:
+    folder = write_folder(tmp_path / "clip", make_frames(30, 30, 44))
+    base, run = _infer(folder, mini_checkpoint, tmp_path / "a")
+    assert run["encoder_cache"] is True and "max_memory_bytes" not in run
+    other, run = _infer(folder, mini_checkpoint, tmp_path / "b", "--max-memory", "64KB", "--no-encoder-cache")
+    assert run["encoder_cache"] is False and run["max_memory_bytes"] == 64 * 1024
+    np.testing.assert_allclose(other, base, rtol=0, atol=2e-3 * np.abs(base).max())  # float16 storage
+
+
+def test_bad_memory_budget_is_a_usage_error(tmp_path: Path, mini_checkpoint: Path, capsys) -> None:
+    folder = write_folder(tmp_path / "clip", make_frames(3, 20, 30))
+    code = main([str(folder), "--ckpt", str(mini_checkpoint), "--out", str(tmp_path / "o"), "--max-memory", "lots"])
+    assert code == 2
+    assert "--max-memory: cannot read the memory size 'lots'" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "clip").exists()
+
+
+def test_compile_without_a_compiler_warns_and_runs_eagerly(
+    tmp_path: Path, mini_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gcompile, "compile_unavailable", lambda device: "inductor on CPU needs a C++ compiler")
+    folder = write_folder(tmp_path / "clip", make_frames(5, 30, 44))
+    with pytest.warns(RuntimeWarning, match="needs a C\\+\\+ compiler.*running eagerly"):
+        depth, run = _infer(folder, mini_checkpoint, tmp_path / "o", "--compile")
+    assert run["compiled"] is False and depth.shape == (5, 30, 44)
