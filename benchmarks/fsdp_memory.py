@@ -151,7 +151,7 @@ def main() -> None:
               f"{args.frames}-frame {args.size}x{args.size} clip: {act['plain']:.1f} GiB as is, "
               f"{act['checkpointed']:.1f} GiB with checkpointing [plugins, head] "
               f"({act['regions']} regions)")
-        print(f"| GPUs | strategy | weights | grads | AdamW | gathered units | activations | "
+        print("| GPUs | strategy | weights | grads | AdamW | gathered units | activations | "
               "total (GiB) |")
         print("|---|---|---|---|---|---|---|---|")
         for n in args.gpus:

@@ -45,6 +45,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from gemdepth.atomic import fsync_dir
 from gemdepth.data.schema import (
     FLOAT16_MAX,
     FORMAT_VERSION,
@@ -181,18 +182,6 @@ def sha256_file(path: PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Flush a folder's entries (renames, unlinks) to disk where the OS allows it."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -206,7 +195,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_index(out: Path, index: dict) -> None:
@@ -228,7 +217,7 @@ def _write_shard(path: Path, samples: list[dict]) -> str:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return digest
 
 
@@ -446,7 +435,7 @@ def write_corpus(
     for name in stale_names | {p.name for p in out.glob(f"{corpus}-*.tar")}:
         if name not in keep:  # shards of an earlier, longer run: gone before "complete"
             (out / name).unlink(missing_ok=True)
-    _fsync_dir(out)
+    fsync_dir(out)
     index["complete"] = True
     _summarise(index)
     _write_index(out, index)

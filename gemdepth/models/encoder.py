@@ -12,7 +12,7 @@ DINOv2 (and so every Depth Anything checkpoint) resizes the 37×37 grid by bicub
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any

@@ -7,7 +7,6 @@ import copy
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -137,14 +136,10 @@ class ClipPredictionWriter(BasePredictionWriter):
     @staticmethod
     def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
         """``np.savez`` to a temporary file in ``path``'s folder, then an atomic rename."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from gemdepth.atomic import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         ranks = f" (rank {trainer.global_rank} of {trainer.world_size})" if trainer.world_size > 1 else ""

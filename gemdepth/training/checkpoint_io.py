@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +22,16 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from gemdepth.atomic import TEMP_MARK, atomic_path, fsync_dir
+
 log = logging.getLogger(__name__)
 
 __all__ = ["AtomicCheckpointIO", "atomic_torch_save", "TEMP_MARKER"]
 
-# Temporary files are ".<final name>.partial-<random>" in the checkpoint's own folder.
-TEMP_MARKER = ".partial-"
+# Temporary files are ".<final name>.tmp-<random>" in the checkpoint's own folder.
+TEMP_MARKER = TEMP_MARK
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -56,25 +45,19 @@ def _remove_stale_temps(path: Path) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` through a fsynced temporary file beside ``path`` and a rename.
+    """``torch.save(obj, path)`` through a fsynced temporary file beside ``path`` and a rename
+    (:func:`gemdepth.atomic.atomic_path`).
 
     On any failure (full disk, an exception, a signal that unwinds Python) the temporary file is
-    removed and ``path``, if it existed, is untouched.
+    removed and ``path``, if it existed, is untouched; what a kill -9 leaves is removed by the
+    next save of the same name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(path)
-    tmp = path.with_name(f".{path.name}{TEMP_MARKER}{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+    fsync_dir(path.parent)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

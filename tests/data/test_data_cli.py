@@ -272,7 +272,7 @@ def _dynamic_corpus(out: Path, fraction: float) -> float:
 
     (clip,) = list(iter_synthetic_clips(1, frames=4, clip_length=4, size=(40, 48), seed=0,
                                         config=SynthConfig(moving_fraction=0.0)))
-    h, w = 40, 48
+    w = 48
     cols = int(round(w * fraction))
     for t in (1, 3):
         clip["depth"][t, :, :cols] *= 0.6

@@ -15,17 +15,9 @@ from lightning.pytorch import Trainer, seed_everything
 from gemdepth.data.datamodule import VideoDataModule
 from gemdepth.data.synthetic import SynthConfig, make_synthetic_corpus
 from gemdepth.training import GemDepthTask
+from training_helpers import tiny_model  # GemDepth-VDA with both plug-ins, tiny
 
 SIZE = 56
-MODEL = {  # GemDepth-VDA with both plug-ins, tiny
-    "host": "vda",
-    "encoder": {"embed_dim": 48, "depth": 4, "num_heads": 3, "layer_idx": [0, 1, 2, 3]},
-    "head": {"features": 32, "out_channels": [16, 32, 64, 64], "num_frames": 8},
-    "plugins": [
-        {"name": "gem", "num_heads": 4, "camera_num_heads": 4, "camera_trunk_depth": 1},
-        {"name": "astt", "num_heads": 2, "depth": 1},
-    ],
-}
 
 
 def _trainer(**kwargs) -> Trainer:
@@ -48,7 +40,7 @@ def test_training_beats_the_untrained_model_on_held_out_sequences(tmp_path: Path
                           progress=False, config=scenes)
     torch.set_num_threads(2)
     seed_everything(0)
-    task = GemDepthTask(model=MODEL, freeze=[], lr_new=3e-3, lr_pretrained=3e-3, warmup_steps=5,
+    task = GemDepthTask(model=tiny_model(), freeze=[], lr_new=3e-3, lr_pretrained=3e-3, warmup_steps=5,
                         metrics=["AbsRel", "Delta1"], metric_options={"max_depth": 20.0}, image_log_interval=0)
     dm = VideoDataModule(train_sources={"train": {"path": str(tmp_path / "train")}},
                          val_sources={"val": {"path": str(tmp_path / "val")}},
