@@ -22,6 +22,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml $(LOCK) $(LOCK_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "requirements.lock needs Python >= 3.11 (found $$($(BIN)/python -V)); run: rm -rf $(VENV) && make install PYTHON=python3.11"; exit 1; }
 	$(BIN)/python -m pip install --quiet "pip==$(PIP_VERSION)"
 ifeq ($(strip $(TORCH_INDEX_URL)),)
 	$(BIN)/pip install -r $(LOCK)
