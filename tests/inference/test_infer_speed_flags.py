@@ -8,24 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from infer_fakes import make_frames, write_folder
 
 import gemdepth.compile as gcompile
 from gemdepth.inference.cli import main
 
-MINI_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "official_mini_gemdepth.yaml"
-
-
-@pytest.fixture(scope="module")
-def mini_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gemdepth.models import build_model
-    from gemdepth.weights.convert import save_checkpoint
-
-    config = yaml.safe_load(MINI_CONFIG.read_text())
-    path = tmp_path_factory.mktemp("ckpt") / "mini.safetensors"
-    save_checkpoint(build_model(config).eval(), config, path)
-    return path
 
 
 def _infer(folder: Path, ckpt: Path, out: Path, *extra: str) -> tuple[np.ndarray, dict]:
