@@ -100,7 +100,9 @@ def _model(name: str, s: Settings) -> nn.Module:
     torch.manual_seed(0)
     with s.device:  # initialise the weights on the device (ViT-L on CPU alone takes seconds)
         model = build_model(TINY[name] if s.tiny else name)
-    return model.to(s.device).eval()
+    from gemdepth.models.chunking import tune_for_device
+
+    return tune_for_device(model.to(s.device).eval(), s.device)  # the budget and layout load_model sets
 
 
 def _sync(device: torch.device) -> None:
@@ -186,6 +188,42 @@ def check_forward(name: str, s: Settings, compiled: bool) -> Row:
     row.note = f"{seconds * 1000:.0f} ms/clip" + (f", compile {first:.0f} s" if compiled else "")
     row.data = {"ms_per_frame": seconds * 1000 / s.frames, "peak_bytes": mem["peak"], "first_call_s": first}
     return row
+
+
+def check_precision(name: str, s: Settings) -> list[Row]:
+    """Depth under bf16 / fp16 autocast against the fp32 forward of the same weights and clip.
+
+    The figure is the mean relative difference |d - d32| / d32 over pixels (depth is positive); the
+    clip is a smooth random field rather than white noise so the depth is not degenerate."""
+    frames = min(s.frames, 8)
+    model = _model(name, s)
+    last_conv = [m for m in model.head.modules() if isinstance(m, nn.Conv2d)][-1]
+    with torch.no_grad():  # random weights predict mostly 0 after the final ReLU; lift it so depth is positive
+        last_conv.bias.add_(1.0)
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.rand(1, frames, 3, 8, 8, generator=g)
+    video = F.interpolate(coarse.flatten(0, 1), size=(s.size, s.size), mode="bicubic", align_corners=False)
+    video = ((video - 0.45) / 0.25).unflatten(0, (1, frames)).to(s.device)
+    with torch.inference_mode():
+        reference = model(video).depth.float()
+        rows = []
+        for dtype in (torch.bfloat16, torch.float16):
+            with torch.autocast(device_type=s.device.type, dtype=dtype):
+                depth = model(video).depth.float()
+            positive = reference > 0
+            rel = ((depth - reference).abs()[positive] / reference[positive]).mean().item()
+            finite = bool(torch.isfinite(depth).all())
+            rows.append(
+                Row(
+                    "precision",
+                    f"{name} {frames}x{s.size}x{s.size} {str(dtype)[6:]} vs fp32",
+                    value=f"{rel:.2e} rel",
+                    note=("all finite" if finite else "NON-FINITE values")
+                    + f", {positive.float().mean().item():.0%} of pixels positive in fp32",
+                    data={"mean_rel_diff": rel, "finite": finite},
+                )
+            )
+    return rows
 
 
 def _synthetic_video(path: Path, frames: int, hw: tuple[int, int]) -> Path:
@@ -278,7 +316,9 @@ class _SdpaRecorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
-            q, k, v = args[:3]
+            from gemdepth.models.sdpa import autocast_view
+
+            q, k, v = autocast_view(*args[:3])  # what the kernel gets: autocast casts SDPA's inputs
             mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
             where = self.stack[-1] if self.stack else "?"
             key = (where, tuple(q.shape), tuple(k.shape), q.dtype, mask is not None, bool(kwargs.get("is_causal")))
@@ -419,6 +459,7 @@ def run_checks(s: Settings, out_dir: Path) -> list[Row]:
     for name in ("gemdepth-vda-vits", "gemdepth-vda-vitl"):
         _guarded(rows, "forward", f"{name} eager {dtype}", s, 30 * scale, lambda n=name: check_forward(n, s, False))
     _guarded(rows, "sdpa backends", "gemdepth-vda-vitl", s, 20 * scale, lambda: check_sdpa("gemdepth-vda-vitl", s))
+    _guarded(rows, "precision", "gemdepth-vda-vitl", s, 20 * scale, lambda: check_precision("gemdepth-vda-vitl", s))
     for ckpt in (False, True):
         _guarded(
             rows, "train step", f"gemdepth-vda-vitl checkpointing={ckpt}", s, 40 * scale,

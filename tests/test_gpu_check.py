@@ -35,6 +35,9 @@ def test_gpu_check_runs_on_cpu_with_tiny_configs(tmp_path: Path) -> None:
     assert all(r["data"]["ms_per_frame"] > 0 and r["data"]["peak_bytes"] > 0 for r in forward)
     train = by_check["train step"]
     assert len(train) == 2 and all(r["data"]["seconds"] > 0 for r in train)
+    precision = by_check["precision"]  # bf16 and fp16 against fp32, on a depth that is not all zero
+    assert [r["setting"].split()[-3] for r in precision] == ["bfloat16", "float16"]
+    assert all(0 <= r["data"]["mean_rel_diff"] < 0.05 and r["data"]["finite"] for r in precision)
     pipeline = by_check["infer pipeline"]
     assert len(pipeline) == 1 and pipeline[0]["data"]["frames_per_second"] > 0
     assert pipeline[0]["data"]["run"]["frames"] == 24

@@ -116,6 +116,41 @@ def set_max_memory(module: nn.Module, max_memory: int | float | str | None) -> i
     return budget
 
 
+GPU_MAX_MEMORY = 2 * 2**30  # per-slice budget on a large GPU: big slices keep the kernels busy
+
+
+def default_max_memory(device: str | torch.device) -> int:
+    """The per-slice activation budget that suits ``device``.
+
+    CPU: :data:`DEFAULT_MAX_MEMORY` (256 MiB): the peak RSS of a window stays small and BLAS is
+    as fast on small slices. CUDA: 1/16 of the card's memory, at most 2 GiB: on an H200 a ViT-L
+    window of 32 frames at 518² runs 15 % faster than with 256 MiB slices (8.7 vs 10.2 ms per
+    frame, bf16) and peaks at 5.7 GB; a 24 GB card gets 1.5 GiB, an 8 GB one 512 MiB.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return DEFAULT_MAX_MEMORY
+    total = torch.cuda.get_device_properties(device).total_memory
+    return int(max(DEFAULT_MAX_MEMORY, min(GPU_MAX_MEMORY, total // 16)))
+
+
+def tune_for_device(model: nn.Module, device: str | torch.device) -> nn.Module:
+    """Set the settings that depend on where ``model`` runs (not on its weights or output):
+    the memory budget of :func:`default_max_memory` and the DPT head's memory layout.
+
+    The head runs its convolutions in ``channels_last`` (NHWC) except on CUDA with slices under
+    1 GiB. Measured: on CPU (oneDNN) NHWC made the quickstart training step's head forward 1.7×
+    faster (0.21 → 0.12 s) and inference 5-10 % faster; on an H200 with 2 GiB slices it was as
+    fast and peaked lower (5.7 vs 6.9 GB for a ViT-L window of 32×518², bf16), but with 256 MiB
+    slices slower (13.6 vs 10.2 ms per frame). Returns ``model``."""
+    budget = set_max_memory(model, default_max_memory(device))
+    head = getattr(model, "head", None)
+    if head is not None and hasattr(head, "channels_last"):
+        small_gpu_slices = torch.device(device).type == "cuda" and budget is not None and budget < 2**30
+        head.channels_last = not small_gpu_slices
+    return model
+
+
 def budgeted_modules(module: nn.Module) -> Iterable[nn.Module]:
     """The submodules that read a ``max_memory`` budget."""
     return (sub for sub in module.modules() if hasattr(sub, "max_memory"))

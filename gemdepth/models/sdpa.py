@@ -19,7 +19,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["AttentionCall", "attention_report", "sdpa_backends"]
+__all__ = ["AttentionCall", "attention_report", "autocast_view", "sdpa_backends"]
+
+
+def autocast_view(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """The tensors as the SDPA kernel receives them: under autocast, floating inputs are cast to its dtype.
+
+    A recorder at the Python level sees the arguments before autocast's dispatcher casts them
+    (layer-normed queries are float32 there), so it must apply the same cast to ask the
+    kernel checks the right question.
+    """
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
 
 
 def sdpa_backends(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
@@ -64,7 +78,7 @@ class _Recorder(TorchFunctionMode):
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
-            q, k, v = args[:3]
+            q, k, v = autocast_view(*args[:3])
             mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
             dropout = args[4] if len(args) > 4 else kwargs.get("dropout_p", 0.0)
             causal = args[5] if len(args) > 5 else kwargs.get("is_causal", False)

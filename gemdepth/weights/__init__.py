@@ -135,7 +135,9 @@ def load_model(
     ``vda-vitl``, a model YAML or dict), a gemdepth checkpoint (config embedded; a ``config``
     passed anyway takes precedence), or a preset name with released weights (``"vda-vits"``,
     ``"gemdepth-vda-vitl"``, see ``gemdepth models``): fetched from the Hugging Face Hub into its
-    cache (:mod:`gemdepth.weights.hub`), built with that preset. ``partial``: ``"new-modules"``
+    cache (:mod:`gemdepth.weights.hub`), built with that preset. The model's memory budget and
+    head layout are set for ``device`` (:func:`gemdepth.models.chunking.tune_for_device`); call
+    ``set_max_memory`` afterwards to choose another budget. ``partial``: ``"new-modules"``
     (plug-ins may start fresh), ``"temporal-head"`` (motion modules may start fresh), or a list.
     """
     from gemdepth.models.model import build_model, normalize_config
@@ -172,4 +174,6 @@ def load_model(
     if result.missing_allowed:
         modules = sorted({".".join(k.split(".")[:2]) for k in result.missing_allowed})
         log.warning("%s: %d tensors start fresh (partial=%r): %s", path, len(result.missing_allowed), partial, modules)
-    return model.to(device).eval()
+    from gemdepth.models.chunking import tune_for_device
+
+    return tune_for_device(model.to(device).eval(), device)  # memory budget and layout for this device

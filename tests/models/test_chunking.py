@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gemdepth.models import build_model
-from gemdepth.models.chunking import map_rows, normalize_checkpointing, parse_memory, rows_per_chunk
+from gemdepth.models.chunking import budgeted_modules, map_rows, normalize_checkpointing, parse_memory, rows_per_chunk
 
 MINI_ENCODER = {"embed_dim": 64, "depth": 4, "num_heads": 2, "mlp_ratio": 4, "layer_idx": [0, 1, 2, 3]}
 PLUGIN_SETS = {
@@ -197,3 +197,28 @@ def test_checkpointing_recomputes_in_backward() -> None:
     model.set_max_memory(None)
     model(torch.randn(1, 3, 3, 28, 28)).depth.mean().backward()
     assert calls == {"enc": 2, "astt": 2, "head": 2}
+
+
+@pytest.mark.parametrize(
+    ("card_gib", "budget_mib", "channels_last"),
+    [(141, 2048, True), (24, 1536, True), (8, 512, False), (2, 256, False)],
+)
+def test_the_budget_and_head_layout_follow_the_device(monkeypatch, card_gib, budget_mib, channels_last) -> None:
+    """CPU keeps 256 MiB slices and NHWC convs; a GPU gets 1/16 of its memory (≤ 2 GiB), NHWC from 1 GiB on."""
+    from types import SimpleNamespace
+
+    from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, default_max_memory, tune_for_device
+
+    model = mini("vda", [{"name": "astt"}])
+    assert default_max_memory("cpu") == DEFAULT_MAX_MEMORY == 256 * 2**20
+    model.head.channels_last = False
+    tune_for_device(model, "cpu")
+    assert {m.max_memory for m in budgeted_modules(model)} == {DEFAULT_MAX_MEMORY}
+    assert model.head.channels_last is True  # oneDNN's NHWC convolutions are the faster ones on CPU
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=card_gib * 2**30))
+    assert default_max_memory("cuda") == budget_mib * 2**20
+    tune_for_device(model, "cuda:0")
+    assert {m.max_memory for m in budgeted_modules(model)} == {budget_mib * 2**20}
+    assert model.head.channels_last is channels_last

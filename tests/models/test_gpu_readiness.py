@@ -81,7 +81,21 @@ def test_channels_last_head_gives_the_same_depth() -> None:
     model = mini("dav2", [])
     video = torch.randn(1, 2, 3, 56, 70)
     with torch.no_grad():
+        model.head.channels_last = False
         ref = model(video).depth
         model.head.channels_last = True
         out = model(video).depth
     assert ((out - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+
+
+def test_attention_report_sees_the_dtype_autocast_gives_the_kernel() -> None:
+    """Queries come out of a float32 LayerNorm; under autocast SDPA still receives the low-precision cast
+    (except in the camera head, which runs with autocast off like the official code)."""
+    model = mini("vda", [{"name": "gem"}, {"name": "astt"}])
+    video = torch.randn(1, 2, 3, 28, 42)
+    assert {c.dtype for c in attention_report(model, video)} == {"float32"}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        calls = attention_report(model, video)
+    island = {c.dtype for c in calls if ".camera_head." in c.module}
+    rest = {c.dtype for c in calls if ".camera_head." not in c.module}
+    assert island == {"float32"} and rest == {"bfloat16"}, format_report(calls)  # the camera head is an fp32 island
