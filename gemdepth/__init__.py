@@ -1,7 +1,8 @@
 """gemdepth: 3D-consistent video depth estimation (GemDepth) in PyTorch Lightning.
 
-The two entry points of the library, :func:`load_model` (weights → model) and
-:func:`infer_video` (a model over a video of any length, streamed in windows), are the
+The entry points of the library, :func:`load_model` (weights → model),
+:func:`infer_video` (a model over a video of any length, streamed in windows) and
+:func:`stream` (online: one frame in, its depth out, constant cost per frame), are the
 implementations themselves, not wrappers: ``help()``, IDEs and ``inspect.signature`` see every
 option with its default and type. They are imported on first use (PEP 562), so
 ``import gemdepth`` (and the ``gemdepth`` command's start-up) does not import torch.
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # static tools and IDEs see the real functions
+    from gemdepth.inference.stream import stream
     from gemdepth.inference.windowing import infer_video
     from gemdepth.weights import load_model
 
@@ -22,9 +24,10 @@ if TYPE_CHECKING:  # static tools and IDEs see the real functions
 _LAZY = {
     "infer_video": "gemdepth.inference.windowing",
     "load_model": "gemdepth.weights",
+    "stream": "gemdepth.inference.stream",
 }
 
-__all__ = ["__version__", "infer_video", "load_model"]
+__all__ = ["__version__", "infer_video", "load_model", "stream"]
 
 
 def __getattr__(name: str) -> Any:

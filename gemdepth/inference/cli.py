@@ -36,7 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Depth, cameras and a fused point cloud for videos, with the official long-video windowing, "
         "streamed in bounded memory. Outputs go to OUT/<video name>/.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video file(s), frame folder(s), or folder(s) of videos")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="video file(s), frame folder(s), folder(s) of videos, cameras (/dev/videoN) or stream URLs "
+        "(rtsp://, http://, ...)",
+    )
     p.add_argument(
         "--ckpt",
         default=None,
@@ -79,6 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the official per-window poses instead of chaining windows by similarity",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    live = p.add_argument_group("online (one frame at a time)")
+    live.add_argument(
+        "--online",
+        action="store_true",
+        help="streaming inference: each frame's depth from one encoder pass and a bounded cache of the past "
+        "(no future frames), with a per-frame latency log (latency.csv); see docs/online.md",
+    )
+    live.add_argument(
+        "--online-window",
+        type=int,
+        default=None,
+        help="frames the online cache holds (default: the model's training window)",
+    )
+    live.add_argument(
+        "--open-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for a camera or network stream to open / deliver data (default 10)",
+    )
     speed = p.add_argument_group("speed and memory")
     speed.add_argument(
         "--compile",
@@ -91,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-memory",
         default=None,
         help="activation budget of each per-frame stage of a window, e.g. 512MB, 2GB, or 'none' for no limit "
-        "(default: the model's, 256MB); smaller uses less memory, same output",
+        "(default: 256MB on CPU; on CUDA 1/16 of the card's memory, at most 2GB); smaller uses less memory, "
+        "same output",
     )
     speed.add_argument(
         "--no-encoder-cache",
@@ -160,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dtype=PRECISIONS[args.precision],
         chain_cameras=not args.no_chain_cameras,
         cache_encoder=not args.no_encoder_cache,
+        online=args.online,
+        online_window=args.online_window,
     )
     outputs = OutputOptions(
         npz=not args.no_npz,
@@ -188,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gemdepth.inference.windowing import WindowConfig
 
         WindowConfig(args.window, args.overlap, None, args.interp)
+        if args.online_window is not None and args.online_window < 2:
+            raise ValueError(f"--online-window must be at least 2 frames (anchor + newest), got {args.online_window}")
         if args.max_memory is not None:
             from gemdepth.models.chunking import parse_memory
 
@@ -205,8 +235,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # open (probe) every input first, so bad inputs are reported before any model time is spent
     sources, failures = [], 0
-    for path in find_inputs(args.inputs):
+    from gemdepth.inference.online_sources import is_live, open_live_source
+
+    for path in find_inputs([i for i in args.inputs if not is_live(i)]) + [i for i in args.inputs if is_live(i)]:
         try:
+            if is_live(path):
+                sources.append(
+                    open_live_source(
+                        str(path), start=args.start, end=args.end, stride=args.stride, fps=args.fps,
+                        max_resolution=args.max_res, timeout=args.open_timeout,
+                    )
+                )
+                continue
             sources.append(
                 open_source(
                     path,

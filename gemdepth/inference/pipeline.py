@@ -66,6 +66,8 @@ class InferenceOptions:
     dtype: torch.dtype = torch.float32
     chain_cameras: bool = True
     cache_encoder: bool = True  # every frame through the encoder once (same output)
+    online: bool = False  # one frame at a time (gemdepth.inference.stream), with a per-frame latency log
+    online_window: int | None = None  # online cache length in frames (default: the model's num_frames)
 
 
 @dataclass
@@ -236,21 +238,29 @@ def run_source(
     count = 0
     start = time.perf_counter()
     bar = tqdm(total=source.frame_count, unit="frame", desc=source.name, disable=not opts.progress, dynamic_ncols=True)
+    latencies: list[float] = []
     try:
-        stream = infer_video(
-            model,
-            source,
-            input_size=inf.input_size,
-            window=config.window,
-            overlap=config.overlap,
-            keyframes=config.keyframes,
-            interp=config.interp,
-            device=inf.device,
-            dtype=inf.dtype,
-            chain_cameras=inf.chain_cameras,
-            on_window=windows,
-            cache_encoder=inf.cache_encoder,
-        )
+        if inf.online:
+            from gemdepth.inference.stream import Stream
+
+            online = Stream(model, window=inf.online_window, input_size=inf.input_size, device=inf.device,
+                            dtype=inf.dtype)
+            stream = online.run(source, latencies, interrupt_ends=hasattr(source, "url"))  # a live source: Ctrl-C ends it
+        else:
+            stream = infer_video(
+                model,
+                source,
+                input_size=inf.input_size,
+                window=config.window,
+                overlap=config.overlap,
+                keyframes=config.keyframes,
+                interp=config.interp,
+                device=inf.device,
+                dtype=inf.dtype,
+                chain_cameras=inf.chain_cameras,
+                on_window=windows,
+                cache_encoder=inf.cache_encoder,
+            )
         for result in stream:
             count += 1
             bar.update(1)
@@ -270,6 +280,12 @@ def run_source(
                 out.add(r)
             held = []
         written = out.commit()
+        if inf.online:
+            from gemdepth.inference.stream import write_latency_log
+
+            online_info = {"window": online.window, "anchor": "frame 0",
+                           **write_latency_log(folder / "latency.csv", latencies, source)}
+            written.append("latency.csv")
     except BaseException:
         out.abort()
         bar.close()
@@ -279,7 +295,7 @@ def run_source(
     bar.close()
     seconds = time.perf_counter() - start
     info: dict[str, Any] = {
-        "input": str(source.path),
+        "input": str(getattr(source, "url", source.path)),
         "frames": count,
         "fps": source.fps,
         "frame_size": [source.height, source.width],
@@ -308,6 +324,8 @@ def run_source(
             info["point_cloud"]["frames"] = "frame 0 only, in its camera frame (the model predicts no cameras)"
             info["point_cloud"]["intrinsics"] = {"focal_px": opts.ply_focal, "principal_point": "image centre"}
     info["windows"] = windows.as_dict()
+    if inf.online:
+        info["online"] = online_info
     info |= _source_counts(source)
     info["warnings"] = _warnings(source.name, info)
     atomic_write_text(folder / "run.json", json.dumps(info, indent=1, default=str))

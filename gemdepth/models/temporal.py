@@ -63,6 +63,7 @@ class TemporalAttention(nn.Module):
         self.to_v = nn.Linear(dim, dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(dropout)])
         self.pos_encoder = PositionalEncoding(dim, max_len)
+        self.causal = False  # frame t attends to frames <= t (the online mode's offline reference)
 
     def forward(self, seq: Tensor) -> Tensor:
         """``seq`` ``(N, T, C)`` (N = batch × positions) → same; attention runs over T."""
@@ -70,7 +71,7 @@ class TemporalAttention(nn.Module):
         seq = self.pos_encoder(seq)
         weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight], dim=0)
         q, k, v = F.linear(seq, weight).view(n, frames, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         out = out.transpose(1, 2).reshape(n, frames, dim)
         return self.to_out[1](self.to_out[0](out))
 

@@ -73,6 +73,8 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.attn_drop = attn_drop
         self.stochastic = False
+        # frames F of a (B, F·S, C) clip: token i attends to tokens of frames <= its own (online reference)
+        self.causal_frames: int | None = None
 
     def _heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
@@ -149,7 +151,11 @@ class Attention(nn.Module):
                 cos, sin = cos[..., query_rows, :], sin[..., query_rows, :]
             q = apply_rope(q, cos, sin)
         dropout_p = self.attn_drop if (self.training or self.stochastic) else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        mask = None
+        if self.causal_frames:
+            frame = torch.arange(n, device=x.device) // (n // self.causal_frames)
+            mask = (frame if query_rows is None else frame[query_rows])[:, None] >= frame[None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         out = out.transpose(1, 2).reshape(b, q.shape[2], dim)
         return self.proj_drop(self.proj(out))
 

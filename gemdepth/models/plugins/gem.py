@@ -178,6 +178,7 @@ class GEM(PlugIn):
         self.pose_noise_seed = pose_noise_seed
         self.official_batch_order = official_batch_order
         self._noise_gen: torch.Generator | None = None
+        self.causal = False  # frame t's translation norm factor over frames <= t (the online reference)
         self.checkpointing = False  # activation checkpointing of the frame/global blocks (training)
 
         # N(0, 1) as the official constructor draws them (no later re-initialisation)
@@ -291,6 +292,11 @@ class GEM(PlugIn):
         q_rel = torch.where(keep, q_rel, identity)
         t_rel = torch.where(keep, t_rel, torch.zeros_like(t_rel))
         t_norm, factor = normalize_translations(t_rel)
+        if self.causal:  # per frame, over frames 0..t: what the online mode can know at frame t
+            dist = t_rel.norm(dim=-1)
+            running = dist.cumsum(dim=1) / ((dist > 0).cumsum(dim=1).to(dist.dtype) + 1e-8)
+            t_norm, factor = t_rel / running.clamp_min(1e-8)[..., None], running.clamp_min(1e-8)
+            return q_rel.reshape(-1, 4), t_norm.reshape(-1, 3), torch.log(factor.reshape(-1) + 1e-8).unsqueeze(-1)
         if self.official_batch_order:
             rows = factor[torch.arange(batch * frames, device=factor.device) % batch]
         else:
