@@ -404,7 +404,7 @@ class VideoInference:
         self, encoded: Encoded, frames: int, net_hw: tuple[int, int], frame_hw: tuple[int, int]
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         with torch.inference_mode(), self._autocast():
-            out = self.model.decode(encoded, 1, frames, *net_hw)  # type: ignore[operator]
+            out = self.model.decode(encoded, 1, frames, *net_hw, release=True)  # type: ignore[operator]
         return self._finish(out, frames, net_hw, frame_hw)
 
     # ------------------------------------------------------------------ main loop

@@ -88,6 +88,14 @@ def _has(hooks: Mapping[str, Hook] | None, name: str) -> bool:
 Features = Sequence[tuple[Tensor, Tensor]]
 
 
+def _take(features: Features, release: bool) -> list[tuple[Tensor, Tensor]]:
+    """A list of ``features`` the head may drop entries from; with ``release`` the caller's list is emptied."""
+    levels = list(features)
+    if release and isinstance(features, list):
+        features.clear()
+    return levels
+
+
 class DPTHead(nn.Module):
     """Depth Anything V2's DPT head: 4 token maps → ``(B·T, 1, 14h, 14w)`` (before the final ReLU).
 
@@ -259,8 +267,15 @@ class DPTHead(nn.Module):
         patch_w: int,
         frames: int = 1,
         hooks: Mapping[str, Hook] | None = None,
+        release: bool = False,
     ) -> Tensor:
-        """``features``: 4 × ``(tokens (B·T, h·w, C), cls (B·T, C))`` → ``(B·T, 1, 14h, 14w)``."""
+        """``features``: 4 × ``(tokens (B·T, h·w, C), cls (B·T, C))`` → ``(B·T, 1, 14h, 14w)``.
+
+        ``release=True`` hands ``features`` over: the list is emptied and each level is dropped
+        as soon as the head is done with it (levels 3 and 4 before the full-resolution stages),
+        so a caller that keeps no other reference gets that memory back early.
+        """
+        features = _take(features, release)
         rows = features[0][0].shape[0]
         dtype = features[0][0].dtype
         s = self.scratch
@@ -270,6 +285,8 @@ class DPTHead(nn.Module):
             return self._map(self._all, rows, chunk, features, patch_h, patch_w)
         low = self._chunk(rows, patch_h, patch_w, dtype, full=False)
         path_4, rn3 = self._map(self._low, rows, low, features[2], features[3], patch_h, patch_w)
+        if release:
+            features[2] = features[3] = None  # type: ignore[index]  # done with levels 3 and 4
         path_4 = _apply(hooks, "mid", path_4)
         path_3 = self._map(lambda p, r: s.refinenet3(p, r, size=size_3), rows, low, path_4, rn3)
         del path_4, rn3

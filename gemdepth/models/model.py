@@ -225,10 +225,15 @@ class VideoDepthModel(nn.Module):
         self.check_input(video)
         return self.encoder(video.flatten(0, 1))
 
-    def decode(self, encoded: list[tuple[Tensor, Tensor]], batch: int, frames: int, height: int, width: int
-               ) -> DepthOutput:
+    def decode(self, encoded: list[tuple[Tensor, Tensor]], batch: int, frames: int, height: int, width: int,
+               release: bool = False) -> DepthOutput:
         """Everything after the encoder (plug-ins, head): ``encoded`` rows are ``(b, t)`` flattened,
-        as :meth:`encode` returns them; ``forward(v) == decode(encode(v), *v.shape[:2], *v.shape[-2:])``."""
+        as :meth:`encode` returns them; ``forward(v) == decode(encode(v), *v.shape[:2], *v.shape[-2:])``.
+
+        ``release=True`` hands ``encoded`` over (the list is emptied): each level's tokens are then
+        freed as soon as a plug-in replaces them or the head is done with them, which lowers the
+        peak of a window by up to three levels of tokens (``forward`` and the windowed inference do).
+        """
         patch_h, patch_w = height // PATCH_SIZE, width // PATCH_SIZE
         if len(encoded) != 4 or encoded[0][0].shape[:2] != (batch * frames, patch_h * patch_w):
             raise ValueError(
@@ -246,12 +251,15 @@ class VideoDepthModel(nn.Module):
             image_h=height,
             image_w=width,
         )
+        if release:
+            encoded.clear()
         for plugin in self.plugins.values():
             if plugin.position == "early":
                 feats = plugin(feats)
-        depth = self.head(
-            list(zip(feats.tokens, feats.cls)), patch_h, patch_w, frames=frames, hooks=self._hooks(batch, frames)
-        )
+        levels = list(zip(feats.tokens, feats.cls))
+        if release:
+            feats.tokens, feats.cls = [], []
+        depth = self.head(levels, patch_h, patch_w, frames=frames, hooks=self._hooks(batch, frames), release=release)
         if depth.shape[-2:] != (height, width):
             depth = F.interpolate(depth, size=(height, width), mode="bilinear", align_corners=True)
         depth = F.relu(depth).squeeze(1).unflatten(0, (batch, frames))
@@ -267,7 +275,7 @@ class VideoDepthModel(nn.Module):
     def forward(self, video: Tensor) -> DepthOutput:
         encoded = self.encode(video)  # checks the input
         batch, frames, _, height, width = video.shape
-        return self.decode(encoded, batch, frames, height, width)
+        return self.decode(encoded, batch, frames, height, width, release=True)
 
 
 def build_plugin(name: str, dim: int, head_features: int, options: Mapping[str, Any]) -> PlugIn:

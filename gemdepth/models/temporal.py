@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, MIN_TOKEN_ROWS, map_rows, rows_per_chunk
-from gemdepth.models.dpt import DPTHead, Features, Hook, _apply
+from gemdepth.models.dpt import DPTHead, Features, Hook, _apply, _take
 
 MOTION_HEADS = 8
 MOTION_GROUPS = 32
@@ -221,14 +221,19 @@ class TemporalDPTHead(DPTHead):
         patch_w: int,
         frames: int = 1,
         hooks: Mapping[str, Hook] | None = None,
+        release: bool = False,
     ) -> Tensor:
+        """As :meth:`DPTHead.forward` (``release`` included), with the motion modules over ``frames``."""
         if frames > self.max_frames:
             raise ValueError(f"clip of {frames} frames is longer than the temporal head's num_frames={self.max_frames}")
+        features = _take(features, release)
         rows = features[0][0].shape[0]
         low = self._chunk(rows, patch_h, patch_w, features[0][0].dtype, full=False)
         mm, s = self.motion_modules, self.scratch
         levels = lambda f3, f4: (self.level(2, *f3, patch_h, patch_w), self.level(3, *f4, patch_h, patch_w))  # noqa: E731
         layer_3, layer_4 = self._map(levels, rows, low, features[2], features[3])
+        if release:
+            features[2] = features[3] = None  # type: ignore[index]  # done with levels 3 and 4
         layer_3 = self._whole(mm[0], layer_3, frames)
         layer_4 = self._whole(mm[1], layer_4, frames)
 
