@@ -222,3 +222,28 @@ def test_the_budget_and_head_layout_follow_the_device(monkeypatch, card_gib, bud
     tune_for_device(model, "cuda:0")
     assert {m.max_memory for m in budgeted_modules(model)} == {budget_mib * 2**20}
     assert model.head.channels_last is channels_last
+
+
+@pytest.mark.parametrize("host", ["dav2", "vda"])
+def test_forward_frees_levels_3_and_4_before_the_full_resolution_stages(host: str) -> None:
+    """``forward`` hands the encoder's tokens to decode/head (``release``): by the time the head runs
+    its full-resolution output convolution, no one holds the level-3/4 tokens any more."""
+    import weakref
+
+    model = mini(host, [{"name": "gem"}, {"name": "astt"}] if host == "vda" else [])
+    refs: list[weakref.ref] = []
+    alive_at_output: list[list[bool]] = []
+    model.encoder.register_forward_hook(lambda m, a, out: refs.extend(weakref.ref(t) for t, _ in out))
+    model.head.scratch.output_conv1.register_forward_pre_hook(
+        lambda m, a: alive_at_output.append([r() is not None for r in refs])
+    )
+    video = torch.randn(1, 3, 3, 28, 42)
+    with torch.inference_mode():
+        depth = model(video).depth
+        encoded = model.encode(video)
+        kept = model.decode(encoded, 1, 3, 28, 42).depth  # default: the caller's list is left alone
+    assert len(encoded) == 4 and torch.equal(kept, depth)
+    if host == "vda":  # levels 3 and 4 are gone; 1 and 2 are still needed at full resolution
+        assert alive_at_output[0] == [True, True, False, False]
+    else:  # DAv2 without hooks runs every level per frame slice: all four stay until the end
+        assert alive_at_output[0] == [True, True, True, True]
