@@ -17,6 +17,16 @@ Bad samples in ``skip`` mode are skipped and counted per ``<corpus>/<reason>``; 
 travel with the batches and add up in :attr:`VideoDataModule.skipped` in the main process
 (log ``data/skipped`` from :attr:`VideoDataModule.skipped_total`).
 
+Shards may be URLs (``http(s)://``, fsspec URLs such as ``s3://``, ``pipe:`` commands; see
+:mod:`gemdepth.data.remote`): fetched whole with retries and timeouts (``remote_retries``,
+``remote_backoff``, ``remote_timeout``, ``storage_options``); one that stays unreachable is a
+counted skip (``<source>/unreachable_shard``, or ``<source>/missing_shard`` for a 404).
+
+Resume: the training loader follows Lightning's stateful-dataloader protocol
+(:mod:`gemdepth.data.stateful`): a checkpoint holds every rank's and worker's stream position,
+and ``fit --ckpt_path`` continues mid-epoch with exactly the batches an uninterrupted run
+would have produced next.
+
 Checksums: each worker process (restarted every epoch) checks a shard's sha256 (from
 ``index.json``) the first time it reads it, before using any of its samples (the shard is read
 once into memory and hashed there). A
@@ -46,9 +56,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from gemdepth.data.codecs import png_grey
+from gemdepth.data.remote import RemoteOptions, is_url, parent_url
 from gemdepth.data.schema import ClipError
 from gemdepth.data.shards import (
     ChecksumError,
+    RemoteShardError,
     ShardError,
     bits_to_depth,
     check_depth_png,
@@ -57,8 +69,10 @@ from gemdepth.data.shards import (
     iter_raw_samples,
     parse_header,
     read_index,
+    remote_index,
     resolve_shards,
 )
+from gemdepth.data.stateful import STATE_KEY, ResampledSource, StatefulStreamLoader
 from gemdepth.data.transforms import (
     PAPER_SIZES,
     crop_intrinsics,
@@ -155,6 +169,7 @@ class SourceSpec:
     has_pose: bool | None = None
     depth_kind: str | None = None
     checksums: Mapping[str, str | None] = field(default_factory=dict)  # shard -> sha256
+    sizes: Mapping[str, int | None] = field(default_factory=dict)  # URL shard -> bytes (index)
 
 
 def parse_sources(sources: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> list[SourceSpec]:
@@ -184,9 +199,25 @@ def parse_sources(sources: Mapping[str, Any] | None, defaults: Mapping[str, Any]
     return specs
 
 
-def _resolve(spec: SourceSpec) -> SourceSpec:
+def _resolve(spec: SourceSpec, remote: RemoteOptions | None = None) -> SourceSpec:
     """Fill a spec's shard list (and corpus facts from its index, when there is one)."""
-    pairs = resolve_shards(spec.path)
+    pairs = resolve_shards(spec.path, remote)
+    urls = [str(p) for p, _ in pairs if is_url(str(p))]
+    if urls:  # remote corpora: facts and shard sizes from their (already read) indexes
+        corpora = {parent_url(u) for u in urls}
+        indexes = {c: remote_index(c, remote) for c in corpora}
+        sizes = {c + "\0" + s["name"]: s.get("bytes") for c, i in indexes.items()
+                 for s in i["shards"]}
+        index = next(iter(indexes.values())) if len(indexes) == 1 and len(urls) == len(pairs) \
+            else None
+        from gemdepth.data.remote import shard_url_name
+
+        return SourceSpec(**{**spec.__dict__, "shards": tuple(str(p) for p, _ in pairs),
+                             "checksums": {str(p): digest for p, digest in pairs},
+                             "sizes": {u: sizes.get(parent_url(u) + "\0" + shard_url_name(u))
+                                       for u in urls},
+                             "has_pose": index.get("has_pose") if index else None,
+                             "depth_kind": index.get("depth_kind") if index else None})
     folders = {p.parent for p, _ in pairs}
     index = read_index(folders.pop()) if len(folders) == 1 else None
     return SourceSpec(**{**spec.__dict__, "shards": tuple(str(p) for p, _ in pairs),
@@ -203,20 +234,6 @@ class _Skip(Exception):
         self.reason = reason
 
 
-def _buffer_shuffle(items: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
-    """Seeded shuffle buffer over a stream (mixes clips of consecutive shards)."""
-    if size <= 1:
-        yield from items
-        return
-    buf: list[dict] = []
-    for item in items:
-        buf.append(item)
-        if len(buf) >= size:
-            yield buf.pop(int(rng.integers(len(buf))))
-    while buf:
-        yield buf.pop(int(rng.integers(len(buf))))
-
-
 class ClipStream(IterableDataset):
     """Batches of processed clips; each batch is built whole inside one worker.
 
@@ -231,7 +248,8 @@ class ClipStream(IterableDataset):
                  sizes: Sequence[tuple[int, int]], eval_size: tuple[int, int],
                  crop_jitter: float, hflip_prob: float, samples_per_epoch: int, seed: int,
                  shuffle_buffer: int, whole_clips: bool = False, fast_decode: bool = True,
-                 normalize: str = "worker", decode_threads: int = 1) -> None:
+                 normalize: str = "worker", decode_threads: int = 1,
+                 remote: RemoteOptions | None = None) -> None:
         super().__init__()
         if not sources:
             raise ValueError("ClipStream needs at least one source")
@@ -260,6 +278,9 @@ class ClipStream(IterableDataset):
         self._probs = weights / weights.sum()
         self._skips: Counter[str] = Counter()
         self._verified: set[str] = set()  # shards whose sha256 this worker has checked
+        self.remote = remote or RemoteOptions()
+        # set by the loader for one pass: {"shift": worker renumbering, "workers": positions}
+        self._resume: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ sizes
     def batches_per_rank(self) -> int:
@@ -273,15 +294,22 @@ class ClipStream(IterableDataset):
         raise TypeError("evaluation streams have no precomputed length")
 
     # ------------------------------------------------------------------ splitting
+    def _worker_info(self) -> tuple[int, int, int, int]:
+        """``(rank, world, worker, workers)`` with the worker numbered as the stream sees it:
+        a resumed pass rotates the numbers (see :mod:`gemdepth.data.stateful`)."""
+        rank, world, worker, nworkers = wds.utils.pytorch_worker_info()
+        shift = self._resume["shift"] if self._resume else 0
+        return rank, world, (worker + shift) % max(1, nworkers), nworkers
+
     def _my_shards(self, spec: SourceSpec) -> tuple[list[str], Callable[[str], bool] | None]:
         """This (rank, worker)'s shards of a source and, in the fallback, its key filter."""
-        rank, world, worker, nworkers = wds.utils.pytorch_worker_info()
+        rank, world, worker, nworkers = self._worker_info()
         total = world * nworkers
         shards = list(spec.shards)
         if total <= 1:
             return shards, None
-        if len(shards) >= total:
-            return list(wds.split_by_worker(wds.split_by_node(shards))), None
+        if len(shards) >= total:  # webdataset's split_by_node, then split_by_worker
+            return shards[rank::world][worker::nworkers], None
         if rank == 0 and worker == 0:
             (log.warning if self.train else log.info)("source %s has %d shards for %d ranks×workers: every worker reads all of "
                         "them and keeps its share by key; write smaller shards "
@@ -305,15 +333,22 @@ class ClipStream(IterableDataset):
         """Raw samples of a shard; its sha256 is checked on this worker's first read (before
         any sample comes out: :class:`ChecksumError` drops the whole shard)."""
         digest = None if shard in self._verified else spec.checksums.get(shard)
-        for raw in iter_raw_samples(shard, digest):
+        if is_url(shard):
+            it = iter_raw_samples(shard, digest, size=spec.sizes.get(shard), remote=self.remote)
+        else:
+            it = iter_raw_samples(shard, digest)
+        for raw in it:
             self._verified.add(shard)
             yield raw
 
     def _shard_failed(self, spec: SourceSpec, exc: ShardError) -> None:
         if self._on_error(spec) == "raise":
             raise exc
-        self._skip(spec, "checksum_mismatch" if isinstance(exc, ChecksumError) else "corrupt_shard",
-                   exc)
+        if isinstance(exc, RemoteShardError):
+            reason = "missing_shard" if exc.missing else "unreachable_shard"
+        else:
+            reason = "checksum_mismatch" if isinstance(exc, ChecksumError) else "corrupt_shard"
+        self._skip(spec, reason, exc)
 
     def _raw_once(self, spec: SourceSpec, shards: list[str],
                   keep: Callable[[str], bool] | None) -> Iterator[dict]:
@@ -324,32 +359,6 @@ class ClipStream(IterableDataset):
                         yield raw
             except ShardError as exc:
                 self._shard_failed(spec, exc)
-
-    def _raw_resampled(self, spec: SourceSpec, shards: list[str],
-                       keep: Callable[[str], bool] | None,
-                       rng: np.random.Generator) -> Iterator[dict]:
-        """Endless stream: shards drawn with replacement (webdataset-style resampling)."""
-        bad: set[str] = set()
-        dry = 0
-        while True:
-            live = [s for s in shards if s not in bad]
-            if not live:
-                raise RuntimeError(f"source {spec.name}: every shard of this worker failed to "
-                                   f"read ({len(bad)} bad); see the warnings above")
-            shard = live[int(rng.integers(len(live)))]
-            got = 0
-            try:
-                for raw in self._shard_samples(spec, shard):
-                    if keep is None or keep(raw["__key__"]):
-                        got += 1
-                        yield raw
-            except ShardError as exc:
-                self._shard_failed(spec, exc)
-                bad.add(shard)
-            dry = 0 if got else dry + 1
-            if dry > 4 * len(live) + 10:
-                raise RuntimeError(f"source {spec.name}: this worker's shards hold no clips for "
-                                   "it; use fewer workers or more shards")
 
     # ------------------------------------------------------------------ one clip
     def _frames(self, n_frames: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -516,25 +525,37 @@ class ClipStream(IterableDataset):
         return batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        rank, world, worker, nworkers = wds.utils.pytorch_worker_info()
+        # not a generator: the worker numbering and resume position are read now, when the
+        # DataLoader creates the iterator (the loader clears them right after)
+        rank, world, worker, nworkers = self._worker_info()
         rng = np.random.default_rng([self.seed, self.epoch, rank, worker])
         self._skips = Counter()
         if self.train:
-            yield from self._train_batches(rng, worker, nworkers)
-        else:
-            yield from self._eval_batches()
+            resume = self._resume["workers"][worker] if self._resume else None
+            return self._train_batches(rng, worker, nworkers, resume)
+        return self._eval_batches()
 
-    def _train_batches(self, rng: np.random.Generator, worker: int,
-                       nworkers: int) -> Iterator[dict]:
+    def _train_batches(self, rng: np.random.Generator, worker: int, nworkers: int,
+                       resume: dict[str, Any] | None = None) -> Iterator[dict]:
+        """This worker's batches of the epoch, from its start or from position ``resume``;
+        each carries the worker's position after it (``batch["_state"]``)."""
         per_rank = self.batches_per_rank()
         mine = per_rank // nworkers + (worker < per_rank % nworkers)
         streams = []
         for i, spec in enumerate(self.sources):
             shards, keep = self._my_shards(spec)
             src_rng = np.random.default_rng([self.seed, self.epoch, int(rng.integers(1 << 31)), i])
-            streams.append(_buffer_shuffle(self._raw_resampled(spec, shards, keep, src_rng),
-                                           self.shuffle_buffer, src_rng))
-        for _ in range(mine):
+            streams.append(ResampledSource(
+                spec.name, shards, keep, src_rng, self.shuffle_buffer,
+                lambda shard, spec=spec: self._shard_samples(spec, shard),
+                lambda exc, spec=spec: self._shard_failed(spec, exc)))
+        start = 0
+        if resume is not None:
+            rng.bit_generator.state = resume["rng"]
+            for stream, state in zip(streams, resume["sources"], strict=True):
+                stream.load_state_dict(state)
+            start = int(resume["done"])
+        for done in range(start + 1, mine + 1):
             size = self.sizes[int(rng.integers(len(self.sizes)))]
             examples: list[dict] = []
             failures = 0
@@ -549,7 +570,10 @@ class ClipStream(IterableDataset):
                     continue
                 failures = 0
                 examples.append(example)
-            yield self._collate(examples)
+            batch = self._collate(examples)
+            batch[STATE_KEY] = {"worker": worker, "done": done, "rng": rng.bit_generator.state,
+                                "sources": [stream.state_dict() for stream in streams]}
+            yield batch
 
     def _eval_batches(self) -> Iterator[dict]:
         examples: list[dict] = []
@@ -567,23 +591,9 @@ class ClipStream(IterableDataset):
             yield self._collate(examples)
 
 
-class _StreamLoader(DataLoader):
-    """DataLoader over a :class:`ClipStream`: advances the stream's epoch on every pass (so
-    resampling differs per epoch, seeded) and moves per-batch skip counts into ``sink``."""
-
-    def __init__(self, dataset: ClipStream, sink: Callable[[dict], None], start_epoch: int,
-                 **kwargs: Any) -> None:
-        super().__init__(dataset, batch_size=None, persistent_workers=False, **kwargs)
-        self._sink = sink
-        self.epoch = start_epoch
-
-    def __iter__(self) -> Iterator[dict]:  # type: ignore[override]
-        self.dataset.epoch = self.epoch  # copied into the (fresh) workers by the next line
-        it = super().__iter__()
-        self.epoch += 1
-        for batch in it:
-            self._sink(batch.pop("_skipped", {}))
-            yield batch
+#: The training/evaluation loader: advances epochs, collects skip counts, and (training)
+#: records the stream position for Lightning's stateful-dataloader protocol.
+_StreamLoader = StatefulStreamLoader
 
 
 class VideoDataModule(pl.LightningDataModule):
@@ -625,6 +635,17 @@ class VideoDataModule(pl.LightningDataModule):
             normalises it on the training device, so the model sees the same values).
         decode_threads: threads per loader process decoding a clip's frames in parallel (the
             decoders release the GIL): more frames/s per worker on as many more cores.
+        remote_retries: further attempts at a shard URL after a transient failure (connection
+            reset, HTTP 5xx, stalled or cut stream), with exponential back-off; then the shard
+            is a counted skip (``<source>/unreachable_shard``).
+        remote_backoff: seconds before the first retry (doubling, at most 30 s).
+        remote_timeout: seconds a connection or read of a URL may stall before it fails.
+        storage_options: keyword arguments of fsspec's filesystems per protocol, e.g.
+            ``{s3: {anon: true, endpoint_url: ...}, gs: {...}}`` (credentials are better left to
+            the storage's environment variables: hyper-parameters are saved in checkpoints).
+        remote_cache_dir: a local folder keeping every URL shard once fetched (checked against
+            its sha256 when read again), so resampled shards are not downloaded again and an
+            outage only hits shards never fetched; nothing is evicted (``None``: no cache).
     """
 
     def __init__(
@@ -654,9 +675,18 @@ class VideoDataModule(pl.LightningDataModule):
         fast_decode: bool = True,
         normalize: str = "worker",
         decode_threads: int = 1,
+        remote_retries: int = 3,
+        remote_backoff: float = 1.0,
+        remote_timeout: float = 30.0,
+        storage_options: dict[str, Any] | None = None,
+        remote_cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.remote = RemoteOptions(retries=remote_retries, backoff=remote_backoff,
+                                    timeout=remote_timeout,
+                                    storage_options=dict(storage_options or {}),
+                                    cache_dir=remote_cache_dir)
         if clip_length < 1 or batch_size < 1:
             raise ValueError("clip_length and batch_size must be >= 1")
         if not 1 <= stride_range[0] <= stride_range[1]:
@@ -691,8 +721,8 @@ class VideoDataModule(pl.LightningDataModule):
         if self._resolved:
             return
         hp = self.hparams
-        train = [_resolve(s) for s in self._specs["train"]]
-        val = [_resolve(s) for s in self._specs["val"]]
+        train = [_resolve(s, self.remote) for s in self._specs["train"]]
+        val = [_resolve(s, self.remote) for s in self._specs["val"]]
         if hp.holdout_shards > 0 and train:
             held = []
             for i, spec in enumerate(train):
@@ -704,8 +734,8 @@ class VideoDataModule(pl.LightningDataModule):
                 held.append(SourceSpec(**{**spec.__dict__, "shards": out, "sky": hp.eval_sky}))
             if not val:
                 val = held
-        test = [_resolve(s) for s in self._specs["test"]]
-        predict = [_resolve(s) for s in self._specs["predict"]] or test or val
+        test = [_resolve(s, self.remote) for s in self._specs["test"]]
+        predict = [_resolve(s, self.remote) for s in self._specs["predict"]] or test or val
         self._resolved = {"train": train, "val": val, "test": test, "predict": predict}
 
     def _stream(self, split: str) -> ClipStream | None:
@@ -726,7 +756,7 @@ class VideoDataModule(pl.LightningDataModule):
             samples_per_epoch=hp.samples_per_epoch, seed=hp.seed,
             shuffle_buffer=hp.shuffle_buffer, whole_clips=split == "predict",
             fast_decode=hp.fast_decode, normalize=hp.normalize,
-            decode_threads=hp.decode_threads)
+            decode_threads=hp.decode_threads, remote=self.remote)
 
     def _loader(self, split: str) -> DataLoader | list:
         stream = self._stream(split)

@@ -33,8 +33,10 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import os
 import shlex
+import shutil
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -45,7 +47,9 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from gemdepth.atomic import fsync_dir
+from gemdepth.atomic import atomic_path, fsync_dir
+from gemdepth.data import remote as _remote
+from gemdepth.data.remote import RemoteError, RemoteOptions
 from gemdepth.data.schema import (
     FLOAT16_MAX,
     FORMAT_VERSION,
@@ -61,6 +65,8 @@ __all__ = [
     "ShardError",
     "ChecksumError",
     "IncompleteCorpusError",
+    "RemoteShardError",
+    "remote_index",
     "require_complete",
     "write_corpus",
     "read_clips",
@@ -101,6 +107,18 @@ class ShardError(ValueError):
 
 class ChecksumError(ShardError):
     """A shard's sha256 differs from the one its ``index.json`` lists (changed or corrupt)."""
+
+
+class RemoteShardError(ShardError):
+    """A shard (or index) URL that could not be fetched: missing (``missing``, e.g. HTTP 404;
+    never retried) or still failing after the retries. ``shard`` is the URL, ``status`` the
+    HTTP status when there was one, ``error`` the storage error in words."""
+
+    def __init__(self, exc: RemoteError) -> None:
+        tries = f" ({exc.attempts} attempts)" if exc.attempts > 1 else ""
+        super().__init__(f"{exc.error}{tries}", shard=_remote.display(exc.url))
+        self.url, self.status, self.missing, self.error = exc.url, exc.status, exc.missing, exc.error
+        self.attempts = exc.attempts
 
 
 class IncompleteCorpusError(ShardError):
@@ -443,8 +461,11 @@ def write_corpus(
 
 
 # --------------------------------------------------------------------------- locating shards
-def resolve_shards(path: PathLike | Sequence[PathLike]) -> list[tuple[Path, str | None]]:
-    """Shard files of a shard, a corpus folder, a folder of corpus folders or a brace pattern.
+def resolve_shards(path: PathLike | Sequence[PathLike], remote: RemoteOptions | None = None
+                   ) -> list[tuple[Path | str, str | None]]:
+    """Shard files of a shard, a corpus folder, a folder of corpus folders or a brace pattern,
+    local or as URLs (:mod:`gemdepth.data.remote`: ``http(s)://``, fsspec URLs, ``pipe:``;
+    URL shards come back as ``str``, fetched with ``remote``'s retries and timeouts).
 
     Returns ``(shard path, expected sha256)`` pairs in reading order; checksums come from the
     ``index.json`` beside the shards. Every shard must be listed in a complete index: a folder
@@ -454,8 +475,12 @@ def resolve_shards(path: PathLike | Sequence[PathLike]) -> list[tuple[Path, str 
     :class:`ShardError`. Missing or empty locations raise ``FileNotFoundError`` with the fix.
     """
     if isinstance(path, (list, tuple)):
-        return [item for p in path for item in resolve_shards(p)]
+        return [item for p in path for item in resolve_shards(p, remote)]
     text = os.fspath(path)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    if _remote.is_url(text):
+        return _resolve_remote(text, remote or RemoteOptions())
     if "{" in text and "}" in text:
         return [item for p in braceexpand.braceexpand(text) for item in resolve_shards(p)]
     p = Path(text)
@@ -483,7 +508,120 @@ def resolve_shards(path: PathLike | Sequence[PathLike]) -> list[tuple[Path, str 
                             "`gemdepth data convert`")
 
 
+#: Complete indexes of remote corpora already read by this process (URL -> index).
+_REMOTE_INDEXES: dict[str, dict] = {}
+
+
+def remote_index(corpus: str, remote: RemoteOptions | None = None,
+                 required: bool = True) -> dict | None:
+    """The complete ``index.json`` of a remote corpus (URL or ``pipe:`` template), read once per
+    process. A missing one raises :class:`IncompleteCorpusError` (``None`` if not
+    ``required``); an incomplete one raises it too; other failures raise
+    :class:`RemoteShardError` naming the URL."""
+    if corpus in _REMOTE_INDEXES:
+        return _REMOTE_INDEXES[corpus]
+    url = _remote.join_url(corpus, INDEX_NAME)
+    shown = _remote.display(url)
+    try:
+        index = _remote.fetch_json(url, remote)
+    except RemoteError as exc:
+        if exc.missing and not required:
+            return None
+        if exc.missing:
+            raise IncompleteCorpusError(
+                f"{shown}: not found ({exc.error}), so the shards beside it are not a complete "
+                f"corpus; upload the corpus folder with its {INDEX_NAME} (written last by "
+                "`gemdepth data convert`/`synth`), or give the corpus URL", corpus) from exc
+        raise RemoteShardError(exc) from exc
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+        raise ShardError(f"{shown} is not a gemdepth corpus index (no 'shards' list)", shard=shown)
+    if not index.get("complete", False):
+        raise IncompleteCorpusError(
+            f"{shown}: corpus {index.get('corpus')!r} is incomplete (\"complete\": false: its "
+            "writer was interrupted or was still running when it was uploaded), so its shards "
+            "are not read; finish it where it was written (" + _how_to_finish(Path("CORPUS"), index)
+            + ") and upload it again", corpus)
+    _REMOTE_INDEXES[corpus] = index
+    return index
+
+
+def _resolve_remote(text: str, opts: RemoteOptions) -> list[tuple[str, str | None]]:
+    """:func:`resolve_shards` of a URL (pattern): shard URLs with their sha256 from the index."""
+    out: list[tuple[str, str | None]] = []
+    for url in _remote.expand(text):
+        name = _remote.shard_url_name(url)
+        if name.endswith(".tar"):
+            corpus = _remote.parent_url(url)
+            index = remote_index(corpus, opts)
+            sums = {s["name"]: s["sha256"] for s in index["shards"]}
+            if name not in sums:
+                raise ShardError(f"not listed in {_remote.display(_remote.join_url(corpus, INDEX_NAME))} "
+                                 "(a stale shard, or one of another corpus); give the corpus URL "
+                                 "instead", shard=_remote.display(url))
+            out.append((url, sums[name]))
+            continue
+        index = remote_index(url, opts, required=False)
+        corpora = [(url, index)] if index is not None else [
+            (c, i) for c in _remote.corpus_candidates(url, opts)
+            if (i := remote_index(c, opts, required=False)) is not None]
+        if not corpora:
+            raise FileNotFoundError(
+                f"{_remote.display(_remote.join_url(url, INDEX_NAME))}: not found, and "
+                f"{_remote.display(url)} lists no corpus folders with one; give the URL of a "
+                "corpus folder (the one holding index.json and the shards) or of its shards")
+        out += [(_remote.join_url(c, s["name"]), s["sha256"]) for c, i in corpora
+                for s in i["shards"]]
+    return out
+
+
+def remote_shard_bytes(url: str, remote: RemoteOptions | None = None) -> int | None:
+    """The size a remote shard's index gives it (``None`` when unknown)."""
+    try:
+        index = remote_index(_remote.parent_url(url), remote, required=False)
+    except (ShardError, ValueError):
+        return None
+    name = _remote.shard_url_name(url)
+    for s in (index or {}).get("shards", []):
+        if s.get("name") == name:
+            return s.get("bytes")
+    return None
+
+
 # --------------------------------------------------------------------------- reading
+def _open_remote_verified(url: str, sha256: str | None, size: int | None = None,
+                          remote: RemoteOptions | None = None) -> BinaryIO:
+    """:func:`_open_verified` of a URL: downloaded whole and hashed on the way
+    (:func:`gemdepth.data.remote.fetch`: retries, timeouts; ``size`` from the index makes a
+    short body a retried truncation), so a mismatch is found before any sample is read. With
+    ``remote.cache_dir`` a cached copy is read instead (checked like a local shard; a stale
+    one is fetched again) and a fetched one is cached."""
+    cached = _remote.cache_path(url, remote)
+    if cached is not None and cached.is_file():
+        try:
+            return _open_verified(str(cached), sha256)
+        except (ChecksumError, OSError):
+            cached.unlink(missing_ok=True)  # the corpus changed (or the copy did): fetch again
+    try:
+        fh, actual = _remote.fetch(url, remote, size=size)
+    except RemoteError as exc:
+        raise RemoteShardError(exc) from exc
+    if sha256 is not None and actual != sha256:
+        fh.close()
+        raise ChecksumError(f"checksum mismatch with {INDEX_NAME} (expected {sha256[:12]}…, "
+                            f"got {actual[:12]}…): the object is corrupt or was changed; "
+                            "re-create and re-upload the corpus", shard=_remote.display(url))
+    if cached is not None and sha256 is not None:  # only verified bytes are cached
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cached) as tmp, open(tmp, "wb") as out:
+                shutil.copyfileobj(fh, out, 1 << 22)
+        except OSError as exc:  # a full or read-only cache: go on without it
+            logging.getLogger(__name__).warning("cannot cache %s in %s: %s",
+                                                _remote.display(url), cached.parent, exc)
+        fh.seek(0)
+    return fh
+
+
 def _open_verified(shard: str, sha256: str | None) -> BinaryIO:
     """The shard's bytes as a file object, checked against ``sha256`` before anything is read
     from it (:class:`ChecksumError` otherwise). Small shards are read once into memory and
@@ -504,17 +642,21 @@ def _open_verified(shard: str, sha256: str | None) -> BinaryIO:
     return fh
 
 
-def iter_raw_samples(shard: PathLike, sha256: str | None = None) -> Iterator[dict[str, Any]]:
-    """Undecoded samples (``__key__``, ``__url__`` and suffix -> bytes) of one shard.
+def iter_raw_samples(shard: PathLike, sha256: str | None = None, *, size: int | None = None,
+                     remote: RemoteOptions | None = None) -> Iterator[dict[str, Any]]:
+    """Undecoded samples (``__key__``, ``__url__`` and suffix -> bytes) of one shard (a file or
+    a URL: see :mod:`gemdepth.data.remote`; ``size`` and ``remote`` apply to URLs).
 
     With ``sha256`` the whole file is checked against it before the first sample is yielded
     (:class:`ChecksumError`), so a changed shard yields nothing. A corrupt or truncated tar
-    raises :class:`ShardError` naming the shard and the last good sample.
+    raises :class:`ShardError` naming the shard and the last good sample; a URL that cannot be
+    fetched raises :class:`RemoteShardError`.
     """
     shard = os.fspath(shard)
     last = None
     try:
-        with _open_verified(shard, sha256) as fh:
+        with (_open_remote_verified(shard, sha256, size, remote) if _remote.is_url(shard)
+              else _open_verified(shard, sha256)) as fh:
             files = wds.tariterators.tar_file_iterator(fh)
             files = ({**f, "__url__": shard} for f in files)
             for sample in wds.tariterators.group_by_keys(files):
@@ -697,7 +839,7 @@ def _stored_size(meta: dict) -> tuple[int, int] | None:
 
 
 def read_clips(path: PathLike | Sequence[PathLike], validate: bool = True,
-               verify: bool = True) -> Iterator[dict]:
+               verify: bool = True, remote: RemoteOptions | None = None) -> Iterator[dict]:
     """Clip dicts (INTERFACES.md) from a shard, a corpus folder, folders of corpora or a brace
     pattern, in stored order.
 
@@ -705,8 +847,10 @@ def read_clips(path: PathLike | Sequence[PathLike], validate: bool = True,
     against its ``index.json`` before reading; ``validate`` checks each clip against the schema.
     Errors name the shard, sample and field.
     """
-    for shard, digest in resolve_shards(path):
-        for sample in iter_raw_samples(shard, digest if verify else None):
+    for shard, digest in resolve_shards(path, remote):
+        size = remote_shard_bytes(shard, remote) if _remote.is_url(os.fspath(shard)) else None
+        for sample in iter_raw_samples(shard, digest if verify else None, size=size,
+                                       remote=remote):
             yield decode_sample(sample, validate=validate)
 
 
