@@ -21,6 +21,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("gemdepth.weights.hub", "list the model presets, their released weights, licences and cache state"),
     "export": ("gemdepth.export", "export the window model to ONNX or a torch.export program"),
     "app": ("gemdepth.app.cli", "web app (Gradio): run a video, see depth, cameras and point cloud"),
+    "experiment": ("gemdepth.experiment.cli", "train and evaluate every variant x seed of an ablation, write table and plots"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
