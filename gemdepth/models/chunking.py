@@ -151,6 +151,35 @@ def tune_for_device(model: nn.Module, device: str | torch.device) -> nn.Module:
     return model
 
 
+LOW_MEMORY_MMAP_THRESHOLD = 4 * 2**20  # bytes: allocations from this size get their own mapping
+
+
+def return_freed_memory(threshold: int = LOW_MEMORY_MMAP_THRESHOLD) -> bool:
+    """Make the C allocator give freed activations back to the OS at once (glibc only; process-wide).
+
+    glibc serves allocations below a dynamic threshold (up to 32 MB) from its heap and keeps what
+    is freed there for reuse, so the resident set of a window stays at its high-water mark plus
+    fragmentation. With ``mallopt(M_MMAP_THRESHOLD, threshold)`` every tensor of ``threshold``
+    bytes or more is its own mapping, returned when freed. Measured on CPU (GemDepth-VDA ViT-S,
+    16×518×686, fp32): peak RSS 1973 → 1646 MB, but 21 % more CPU time (fresh pages are faulted
+    in for every large tensor), hence opt-in (``gemdepth infer --low-memory``). Set the same with
+    ``MALLOC_MMAP_THRESHOLD_=4194304`` in the environment. Returns whether the setting took effect.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    m_mmap_threshold = -3  # glibc's <malloc.h>
+    return bool(mallopt(ctypes.c_int(m_mmap_threshold), ctypes.c_int(int(threshold))))
+
+
 def budgeted_modules(module: nn.Module) -> Iterable[nn.Module]:
     """The submodules that read a ``max_memory`` budget."""
     return (sub for sub in module.modules() if hasattr(sub, "max_memory"))

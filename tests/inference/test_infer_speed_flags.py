@@ -49,3 +49,16 @@ def test_compile_without_a_compiler_warns_and_runs_eagerly(
     with pytest.warns(RuntimeWarning, match="needs a C\\+\\+ compiler.*running eagerly"):
         depth, run = _infer(folder, mini_checkpoint, tmp_path / "o", "--compile")
     assert run["compiled"] is False and depth.shape == (5, 30, 44)
+
+
+def test_low_memory_sets_the_allocator_and_keeps_the_output(tmp_path: Path, mini_checkpoint: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import gemdepth.models.chunking as chunking
+
+    calls: list[int] = []  # the real mallopt would stay set for the rest of this test process
+    monkeypatch.setattr(chunking, "return_freed_memory", lambda threshold=4 * 2**20: calls.append(threshold) or True)
+    folder = write_folder(tmp_path / "clip", make_frames(12, 30, 44))
+    base, _ = _infer(folder, mini_checkpoint, tmp_path / "a")
+    low, run = _infer(folder, mini_checkpoint, tmp_path / "b", "--low-memory")
+    assert calls == [4 * 2**20] and run["low_memory"] is True
+    np.testing.assert_array_equal(low, base)
