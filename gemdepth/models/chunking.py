@@ -160,9 +160,10 @@ def return_freed_memory(threshold: int = LOW_MEMORY_MMAP_THRESHOLD) -> bool:
     glibc serves allocations below a dynamic threshold (up to 32 MB) from its heap and keeps what
     is freed there for reuse, so the resident set of a window stays at its high-water mark plus
     fragmentation. With ``mallopt(M_MMAP_THRESHOLD, threshold)`` every tensor of ``threshold``
-    bytes or more is its own mapping, returned when freed. Measured on CPU (GemDepth-VDA ViT-S,
-    16×518×686, fp32): peak RSS 1973 → 1646 MB, but 21 % more CPU time (fresh pages are faulted
-    in for every large tensor), hence opt-in (``gemdepth infer --low-memory``). Set the same with
+    bytes or more is its own mapping, returned when freed. Measured on CPU (one 518×686 window,
+    fp32, ``benchmarks/bench_window_memory.py``): peak RSS of GemDepth-VDA ViT-S, 32 frames,
+    2424 → 2038 MB; ViT-L, 8 frames, 4386 → 4067 MB; but about 20 % more CPU time (fresh pages are
+    faulted in for every large tensor: 91 → 110 CPU s at 16 frames), hence opt-in (``gemdepth infer --low-memory``). Set the same with
     ``MALLOC_MMAP_THRESHOLD_=4194304`` in the environment. Returns whether the setting took effect.
     """
     import ctypes
