@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 # The torch release the lock is tested with (see README: Installation); `make lock` keeps it.
 LOCK_CONSTRAINTS := requirements-torch.txt
-LOCK_EXTRAS := --extra test --extra export --extra app --extra browser
+LOCK_EXTRAS := --extra test --extra export --extra app --extra browser --extra experiment --extra official
 PIP_VERSION := 26.3
 UV_VERSION  := 0.13.9
 # Another CUDA (or the CPU) build of the same torch release, e.g.

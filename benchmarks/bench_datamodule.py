@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_datamodule.py                 # renders a small 720p corpus
     .venv/bin/python benchmarks/bench_datamodule.py --shards DIR --clips 8 --repeats 5
     .venv/bin/python benchmarks/bench_datamodule.py --workers 1 2 4 --profile
+    .venv/bin/python benchmarks/bench_datamodule.py --loaders reference fast+uint8+zlib16
 
 Loaders compared (``VideoDataModule`` options):
 
@@ -14,7 +15,18 @@ Loaders compared (``VideoDataModule`` options):
 * ``fast+uint8``: also ``normalize="device"``: uint8 video leaves the worker and is normalised
   on the GPU by ``on_after_batch_transfer`` (same values reach the model);
 * ``fast+uint8+2threads``: also ``decode_threads=2``: a worker decodes a clip's frames on two
-  threads, so it uses up to two cores (compare frames per CPU-second for the cost per core).
+  threads, so it uses up to two cores (compare frames per CPU-second for the cost per core);
+* ``fast+uint8+raw16`` / ``fast+uint8+zlib16``: ``fast+uint8`` on a copy of the corpus whose
+  depth is stored uncompressed (``raw16``) or deflated (``zlib16``) instead of in 16-bit PNGs
+  (``gemdepth data synth/convert --depth-codec``, or :func:`gemdepth.data.shards.recode_depth`,
+  which the benchmark runs once, untimed): the same batches, bit for bit (tested). PNG decoding
+  is the floor of the PNG corpus (~40 % of the fast loader's CPU); raw16 removes it (a view of
+  the bytes, cropped before any pixel is read) at ~8x the depth bytes, zlib16 cuts it ~3x at
+  about a PNG's size.
+
+Default loaders: reference, fast, fast+uint8, fast+uint8+raw16. The ratio that counts is
+``fast+uint8+raw16 / reference`` per CPU-second (wall-clock ratios on a loaded machine swing
+with the load; the runs are interleaved so each loader sees the same mix).
 
 "Per worker" is measured in one process (``num_workers=0``: the code a DataLoader worker runs:
 read tar, decode the sampled frames' JPEG/PNG, uint8 crop + resize, flip, collate). Wall-clock
@@ -41,6 +53,7 @@ from typing import Any
 import torch
 
 from gemdepth.data.datamodule import VideoDataModule
+from gemdepth.data.shards import recode_depth
 from gemdepth.data.synthetic import make_synthetic_corpus
 
 LOADERS: dict[str, dict[str, Any]] = {
@@ -48,15 +61,33 @@ LOADERS: dict[str, dict[str, Any]] = {
     "fast": {"fast_decode": True, "normalize": "worker"},
     "fast+uint8": {"fast_decode": True, "normalize": "device"},
     "fast+uint8+2threads": {"fast_decode": True, "normalize": "device", "decode_threads": 2},
+    "fast+uint8+raw16": {"fast_decode": True, "normalize": "device", "depth_codec": "raw16"},
+    "fast+uint8+zlib16": {"fast_decode": True, "normalize": "device", "depth_codec": "zlib16"},
 }
+DEFAULT_LOADERS = ["reference", "fast", "fast+uint8", "fast+uint8+raw16"]
+
+
+def _corpus(path: Path, codec: str, tmp: Path) -> Path:
+    """``path`` itself for png16 (what every corpus holds by default), else a copy of it with
+    depth re-encoded in ``codec`` (same pixels: RGB and masks byte for byte)."""
+    if codec == "png16":
+        return path
+    out = tmp / f"{path.name}-{codec}"
+    if not out.exists():
+        start = time.perf_counter()
+        recode_depth(path, out, codec)
+        print(f"re-encoded the depth of {path} as {codec} in {time.perf_counter() - start:.1f} s")
+    return out
 
 
 def _module(path: Path, clips: int, clip_length: int, size: int, workers: int,
-            **options: Any) -> VideoDataModule:
+            depth_codec: str = "png16", tmp: Path = Path("."), **options: Any) -> VideoDataModule:
+    path = _corpus(path, depth_codec, tmp)
+    # one pass per loader, not persistent: its workers exit after it, so their CPU is counted
     return VideoDataModule(train_sources={"src": str(path)}, batch_size=1, clip_length=clip_length,
                            stride_range=(1, 1), short_side=size, sizes=[(size, size)],
                            num_workers=workers, samples_per_epoch=clips + max(1, workers),
-                           seed=0, pin_memory=False, **options)
+                           seed=0, pin_memory=False, persistent_workers=False, **options)
 
 
 def _children_cpu() -> float:
@@ -143,6 +174,8 @@ def profile(dm: VideoDataModule, warmup: int) -> tuple[Counter[str], float, int]
         (F, "interpolate", timer.wrap(F.interpolate, "RGB resize (uint8, antialiased)")),
         (datamodule, "decode_crop_rgb", timer.wrap(datamodule.decode_crop_rgb, "RGB crop + stack")),
         (datamodule, "crop_nearest", timer.wrap(datamodule.crop_nearest, "depth/mask crop")),
+        (datamodule, "decode_depth_bits", timer.wrap(
+            datamodule.decode_depth_bits, "depth decode (raw16/zlib16 view; PNG header check)")),
         (datamodule.ClipStream, "_collate",
          timer.wrap(datamodule.ClipStream._collate, "collate (stack, to float, normalise)")),
         (datamodule.ClipStream, "process", timer.wrap(
@@ -177,7 +210,7 @@ def main() -> None:
     parser.add_argument("--clip-length", type=int, default=32)
     parser.add_argument("--size", type=int, default=518)
     parser.add_argument("--repeats", type=int, default=3, help="runs per loader (best, median)")
-    parser.add_argument("--loaders", nargs="+", default=list(LOADERS)[:3], choices=list(LOADERS))
+    parser.add_argument("--loaders", nargs="+", default=DEFAULT_LOADERS, choices=list(LOADERS))
     parser.add_argument("--workers", type=int, nargs="*", default=[],
                         help="also time DataLoaders with these numbers of worker processes")
     parser.add_argument("--profile", action="store_true", help="CPU time per stage")
@@ -187,13 +220,15 @@ def main() -> None:
         if path is None:
             path = Path(tmp) / "synthetic_720p"
             start = time.perf_counter()
-            make_synthetic_corpus(path, sequences=2, frames=args.clip_length,
+            sequences = max([2, *args.workers])  # a clip (shard) per worker at least
+            make_synthetic_corpus(path, sequences=sequences, frames=args.clip_length,
                                   clip_length=args.clip_length, size=(720, 1280), seed=0,
                                   workers=2, clips_per_shard=1, progress=False)
-            print(f"rendered 2 clips of {args.clip_length} frames at 720x1280 in "
+            print(f"rendered {sequences} clips of {args.clip_length} frames at 720x1280 in "
                   f"{time.perf_counter() - start:.1f} s")
         torch.set_num_threads(1)  # as in a DataLoader worker
-        geometry = dict(clips=args.clips, clip_length=args.clip_length, size=args.size)
+        geometry = dict(clips=args.clips, clip_length=args.clip_length, size=args.size,
+                        tmp=Path(tmp))
         print(f"{args.clip_length}-frame clips, 720p -> {args.size}x{args.size}; {_load()}")
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name in args.loaders}
         for _ in range(args.repeats):  # interleaved, so a load change hits every loader alike

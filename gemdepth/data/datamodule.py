@@ -27,11 +27,10 @@ Resume: the training loader follows Lightning's stateful-dataloader protocol
 and ``fit --ckpt_path`` continues mid-epoch with exactly the batches an uninterrupted run
 would have produced next.
 
-Checksums: each worker process (restarted every epoch) checks a shard's sha256 (from
-``index.json``) the first time it reads it, before using any of its samples (the shard is read
-once into memory and hashed there). A
-mismatch drops the whole shard for that worker: counted once as ``<source>/checksum_mismatch``
-and logged with the shard's name in ``skip`` mode, raised in ``raise`` mode.
+Checksums: each worker process (kept across epochs with ``persistent_workers``) checks a
+shard's sha256 (from ``index.json``) the first time it reads it, before using any of its
+samples (the shard is read once into memory and hashed there). A mismatch drops the whole
+shard for that worker: counted once as ``<source>/checksum_mismatch`` and logged with the shard's name in ``skip`` mode, raised in ``raise`` mode.
 """
 
 from __future__ import annotations
@@ -55,9 +54,9 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
-from gemdepth.data.codecs import png_grey
+from gemdepth.data.codecs import png_grey, png_mask
 from gemdepth.data.remote import RemoteOptions, is_url, parent_url
-from gemdepth.data.schema import ClipError
+from gemdepth.data.schema import FLOAT16_MAX, ClipError
 from gemdepth.data.shards import (
     ChecksumError,
     RemoteShardError,
@@ -112,7 +111,7 @@ def _fast_depth_bits(data: bytes, where: tuple[str, str, str]) -> np.ndarray:
 def _fast_mask(data: bytes, where: tuple[str, str, str]) -> np.ndarray:
     """A mask PNG's values (non-zero = set; cast to bool after cropping, which is cheaper)."""
     try:
-        return png_grey(data)
+        return png_mask(data)
     except ValueError as exc:
         raise ShardError(f"undecodable mask ({exc})", shard=where[0], key=where[1],
                          field=where[2]) from exc
@@ -273,7 +272,9 @@ class ClipStream(IterableDataset):
         self.normalize = normalize
         self.decode_threads = max(1, int(decode_threads))
         self._pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): made per worker
-        self.epoch = 0
+        # the epoch lives in shared memory: persistent DataLoader workers keep their copy of the
+        # stream across passes and read the epoch the loader sets for each pass from here
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         weights = np.array([s.weight for s in self.sources], np.float64)
         self._probs = weights / weights.sum()
         self._skips: Counter[str] = Counter()
@@ -281,6 +282,15 @@ class ClipStream(IterableDataset):
         self.remote = remote or RemoteOptions()
         # set by the loader for one pass: {"shift": worker renumbering, "workers": positions}
         self._resume: dict[str, Any] | None = None
+
+    @property
+    def epoch(self) -> int:
+        """The pass being streamed (seeds the resampling), shared with the worker processes."""
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.fill_(int(value))
 
     # ------------------------------------------------------------------ sizes
     def batches_per_rank(self) -> int:
@@ -424,9 +434,15 @@ class ClipStream(IterableDataset):
 
         dec_depth, dec_mask = ((_fast_depth_bits, _fast_mask) if self.fast_decode
                                else (decode_depth_bits, _decode_mask))
+        codec = clip.get("depth_codec", "png16")
+        if codec != "png16":  # raw16/zlib16: a view of the bits; the crop reads only its pixels
+            def dec_depth(p: bytes, where: tuple[str, str, str]) -> np.ndarray:
+                return decode_depth_bits(p, where, codec, box.src)
         depth = bits_to_depth(np.stack(self._map(
             lambda p: sized(dec_depth(p, (shard, key, "depth")), "depth"), clip["depth"])))
-        if not np.isfinite(depth).all() or (depth < 0).any():
+        # finite and >= 0 <=> min >= 0 and max <= float16's max (NaN fails both comparisons):
+        # two reductions instead of two boolean maps of the clip
+        if not (depth.min() >= 0 and depth.max() <= FLOAT16_MAX):
             raise ShardError("NaN/inf or negative depth", shard=shard, key=key, field="depth")
         masks = {m: np.stack(self._map(lambda p, m=m: sized(dec_mask(p, (shard, key, m)), m),
                                        clip[m])).astype(bool, copy=False)
@@ -527,6 +543,8 @@ class ClipStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         # not a generator: the worker numbering and resume position are read now, when the
         # DataLoader creates the iterator (the loader clears them right after)
+        if self._resume is not None and self._resume.get("epoch", self.epoch) != self.epoch:
+            self._resume = None  # a persistent worker's copy of a position it already used
         rank, world, worker, nworkers = self._worker_info()
         rng = np.random.default_rng([self.seed, self.epoch, rank, worker])
         self._skips = Counter()
@@ -627,6 +645,9 @@ class VideoDataModule(pl.LightningDataModule):
         shuffle_buffer: clips in each worker's shuffle buffer.
         seed: base seed of all sampling.
         pin_memory: pin batches for faster host-to-GPU copies (``None``: when CUDA is there).
+        persistent_workers: keep the DataLoader worker processes (``num_workers > 0``) alive
+            between epochs, so each epoch does not pay for their start, imports and first
+            shard reads again (a resumed pass still starts fresh ones that copy its position).
         fast_decode: decode with torchvision's JPEG/PNG decoders straight into tensors and
             collate without temporaries (the same values); ``False`` keeps the PIL path (the
             reference that ``benchmarks/bench_datamodule.py`` compares against).
@@ -672,6 +693,7 @@ class VideoDataModule(pl.LightningDataModule):
         shuffle_buffer: int = 8,
         seed: int = 0,
         pin_memory: bool | None = None,
+        persistent_workers: bool = True,
         fast_decode: bool = True,
         normalize: str = "worker",
         decode_threads: int = 1,
@@ -764,6 +786,8 @@ class VideoDataModule(pl.LightningDataModule):
             return []
         loader = _StreamLoader(stream, self._count, self._train_epoch if split == "train" else 0,
                                num_workers=self.hparams.num_workers,
+                               persistent_workers=(self.hparams.persistent_workers
+                                                   and self.hparams.num_workers > 0),
                                pin_memory=(torch.cuda.is_available() if self.hparams.pin_memory
                                            is None else self.hparams.pin_memory))
         if split == "train":

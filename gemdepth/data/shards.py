@@ -12,6 +12,14 @@ Layout of one sample (one clip) inside a shard ``<corpus>-NNNNNN.tar``, key
   far, or small disparities), where a scaled 16-bit integer PNG has a fixed *absolute* step that
   is too coarse near or too short far; PNG's lossless zlib then shrinks it 5-10× against raw
   ``.npy`` and decodes in a few ms. Values beyond float16's max (65504) saturate there.
+  Other depth codecs (``write_corpus(depth_codec=...)``, ``gemdepth data synth/convert
+  --depth-codec``; :data:`gemdepth.data.codecs.DEPTH_CODECS`) hold the same bit patterns:
+  ``raw16`` as ``<key>.depth.NNNN.f16`` (uncompressed little-endian uint16, H·W·2 bytes) and
+  ``zlib16`` as ``<key>.depth.NNNN.f16.zz`` (those bytes deflated). Why: PNG decoding is the
+  training loader's slowest stage; raw16 costs nothing to decode (a view, cropped before any
+  pixel is read) at ~8x the size, zlib16 ~3x less than PNG at about its size. Each sample's
+  ``meta.json`` ``codecs.depth`` (``float16-png16``/``float16-raw16``/``float16-zlib16``;
+  absent means png16) names its codec, the index's ``codecs`` the corpus's; readers accept all.
 * ``<key>.sky.NNNN.png`` / ``<key>.valid.NNNN.png``: optional 1-bit PNG masks.
 
 Each corpus folder holds ``index.json`` (shard names, sha256, clip/frame counts, keys, image
@@ -35,6 +43,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import tarfile
@@ -49,6 +58,12 @@ from PIL import Image
 
 from gemdepth.atomic import atomic_path, fsync_dir
 from gemdepth.data import remote as _remote
+from gemdepth.data.codecs import (
+    DEPTH_CODECS,
+    DEPTH_EXTENSIONS,
+    encode_depth_bits,
+    raw_depth_bits,
+)
 from gemdepth.data.remote import RemoteError, RemoteOptions
 from gemdepth.data.schema import (
     FLOAT16_MAX,
@@ -76,6 +91,8 @@ __all__ = [
     "iter_raw_samples",
     "decode_sample",
     "decode_depth",
+    "depth_codec_of",
+    "recode_depth",
     "decode_depth_bits",
     "check_depth_png",
     "bits_to_depth",
@@ -87,6 +104,27 @@ __all__ = [
 INDEX_NAME = "index.json"
 _TMP_MARK = ".tmp-"
 _CODECS = {"rgb": "jpeg", "depth": "float16-png16", "mask": "png1"}
+_DEPTH_PREFIX = "float16-"
+
+
+def _codecs(depth_codec: str = "png16") -> dict[str, str]:
+    """The ``codecs`` entry of a sample header and an index for a depth codec."""
+    if depth_codec not in DEPTH_CODECS:
+        raise ValueError(f"unknown depth codec {depth_codec!r}; choose one of {DEPTH_CODECS}")
+    return {**_CODECS, "depth": _DEPTH_PREFIX + depth_codec}
+
+
+def depth_codec_of(header: dict, shard: str | None = None, key: str | None = None) -> str:
+    """The depth codec (``png16``, ``raw16``, ``zlib16``) a sample header names (png16 when
+    it names none, as every sample written before the choice existed)."""
+    name = (header.get("codecs") or {}).get("depth", _CODECS["depth"])
+    codec = name.removeprefix(_DEPTH_PREFIX) if isinstance(name, str) and name.startswith(
+        _DEPTH_PREFIX) else None
+    if codec not in DEPTH_CODECS:
+        raise ShardError(f"depth codec {name!r} is unknown to this reader (it reads "
+                         f"{[_DEPTH_PREFIX + c for c in DEPTH_CODECS]}); update gemdepth",
+                         shard=shard, key=key, field="meta.json:codecs")
+    return codec
 PathLike = str | os.PathLike
 
 
@@ -144,11 +182,9 @@ def _encode_jpeg(img: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def _encode_depth(depth: np.ndarray) -> bytes:
+def _encode_depth(depth: np.ndarray, codec: str = "png16") -> bytes:
     bits = np.minimum(depth, FLOAT16_MAX).astype(np.float16).view(np.uint16)
-    buf = io.BytesIO()
-    Image.fromarray(bits).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    return encode_depth_bits(bits, codec)
 
 
 def _encode_mask(mask: np.ndarray) -> bytes:
@@ -165,7 +201,8 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
-def _encode_clip(clip: dict, key: str, jpeg_quality: int) -> dict[str, Any]:
+def _encode_clip(clip: dict, key: str, jpeg_quality: int,
+                 depth_codec: str = "png16") -> dict[str, Any]:
     """One webdataset sample dict (suffix -> bytes) of a validated clip."""
     t = clip["rgb"].shape[0]
     masks = [m for m in MASK_FIELDS if clip.get(m) is not None]
@@ -176,7 +213,7 @@ def _encode_clip(clip: dict, key: str, jpeg_quality: int) -> dict[str, Any]:
         "intrinsics": clip["intrinsics"].tolist(),
         "extrinsics": None if clip["extrinsics"] is None else clip["extrinsics"].tolist(),
         "masks": masks,
-        "codecs": _CODECS,
+        "codecs": _codecs(depth_codec),
     }
     sample: dict[str, Any] = {
         "__key__": key,
@@ -184,7 +221,8 @@ def _encode_clip(clip: dict, key: str, jpeg_quality: int) -> dict[str, Any]:
     }
     for i in range(t):  # per-frame codecs: each frame is its own image file
         sample[f"rgb.{i:04d}.jpg"] = _encode_jpeg(clip["rgb"][i], jpeg_quality)
-        sample[f"depth.{i:04d}.png"] = _encode_depth(clip["depth"][i])
+        sample[f"depth.{i:04d}.{DEPTH_EXTENSIONS[depth_codec]}"] = _encode_depth(
+            clip["depth"][i], depth_codec)
         for m in masks:
             sample[f"{m}.{i:04d}.png"] = _encode_mask(clip[m][i])
     return sample
@@ -309,6 +347,7 @@ def write_corpus(
     source: dict[str, Any] | None = None,
     resume_hint: str | None = None,
     known_keys: set[str] | None = None,
+    depth_codec: str = "png16",
 ) -> dict:
     """Write clips as WebDataset shards plus ``index.json`` into ``out_dir``; return the index.
 
@@ -329,8 +368,10 @@ def write_corpus(
     ``resume_hint`` (the command that finishes an interrupted write, shown by readers that
     refuse it) are stored in the index. ``known_keys``, if given, is filled with the keys of the
     kept shards before the first clip is consumed, so a lazy clip source can skip building
-    those clips. ``total`` (number of clips) only feeds the progress bar.
+    those clips. ``total`` (number of clips) only feeds the progress bar. ``depth_codec``:
+    how depth frames are stored (``png16`` default, ``raw16``, ``zlib16``; see the module doc).
     """
+    codecs = _codecs(depth_codec)
     if clips_per_shard < 1:
         raise ValueError(f"clips_per_shard must be >= 1, got {clips_per_shard}")
     if not 95 <= jpeg_quality <= 100:
@@ -347,7 +388,7 @@ def write_corpus(
 
     index: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "corpus": corpus, "complete": False,
-        "depth_kind": None, "has_pose": None, "licence": None, "codecs": _CODECS,
+        "depth_kind": None, "has_pose": None, "licence": None, "codecs": codecs,
         "source": source, "resume_hint": resume_hint, "shards": [],
     }
     done_keys: set[str] = set()
@@ -369,6 +410,11 @@ def write_corpus(
             raise ValueError(f"{out} was made with other settings (earlier, now: {diff}); --resume "
                              "only finishes the same conversion: re-run without --resume to "
                              "redo it")
+        if prior["shards"] and prior.get("codecs", _CODECS) != codecs:
+            raise ValueError(f"{out} was written with codecs {prior.get('codecs', _CODECS)}, "
+                             f"this run asks for {codecs}: --resume only finishes the same "
+                             "conversion (re-run without --resume, or with the earlier "
+                             "--depth-codec)")
         for entry in prior["shards"]:  # keep the verified prefix
             path = out / entry["name"]
             if not path.is_file() or sha256_file(path) != entry["sha256"]:
@@ -439,7 +485,7 @@ def write_corpus(
                 elif k != "licence" and meta[k] != index[k]:
                     raise ClipError(f"clip {key} has {k}={meta[k]!r} but the corpus has "
                                     f"{index[k]!r} (one corpus, one {k})", field=f"meta.{k}")
-            pending.append(_encode_clip(clip, key, jpeg_quality))
+            pending.append(_encode_clip(clip, key, jpeg_quality, depth_codec))
             pending_info.append((key, meta["sequence"], clip["rgb"].shape[0],
                                  list(clip["rgb"].shape[1:3])))
             if len(pending) == clips_per_shard:
@@ -456,6 +502,44 @@ def write_corpus(
     fsync_dir(out)
     index["complete"] = True
     _summarise(index)
+    _write_index(out, index)
+    return index
+
+
+def recode_depth(src: PathLike, dst: PathLike, depth_codec: str) -> dict:
+    """Copy the local corpus folder ``src`` into ``dst`` with every depth frame re-encoded in
+    ``depth_codec`` (the same bit patterns; RGB, masks and cameras byte for byte); return the
+    new index. Shards are checked against ``src``'s sha256 and written atomically; the index
+    is marked complete only at the end.
+    """
+    src, out = Path(src), Path(dst)
+    if src.resolve() == out.resolve():
+        raise ValueError(f"recode_depth writes a new corpus: give another folder than {src}")
+    index = json.loads(json.dumps(require_complete(src)))
+    codecs = _codecs(depth_codec)
+    ext = DEPTH_EXTENSIONS[depth_codec]
+    out.mkdir(parents=True, exist_ok=True)
+    _write_index(out, {**index, "complete": False})
+    for entry in index["shards"]:
+        samples = []
+        for raw in iter_raw_samples(src / entry["name"], entry.get("sha256")):
+            header = parse_header(raw)
+            old = DEPTH_EXTENSIONS[depth_codec_of(header, raw.get("__url__"), raw["__key__"])]
+            sample = {k: v for k, v in raw.items() if k != "__url__"
+                      and not (k.startswith("depth.") and k.endswith("." + old))}
+            size = _stored_size(header["meta"])
+            for i in range(int(header["num_frames"])):
+                where = (str(src / entry["name"]), raw["__key__"], "depth")
+                bits = decode_depth_bits(_frame_field(raw, "depth", i, old), where,
+                                         depth_codec_of(header), size)
+                sample[f"depth.{i:04d}.{ext}"] = encode_depth_bits(
+                    np.ascontiguousarray(bits, dtype=np.uint16), depth_codec)
+            header["codecs"] = codecs
+            sample["meta.json"] = json.dumps(header, default=_json_default).encode("utf-8")
+            samples.append(sample)
+        entry["sha256"] = _write_shard(out / entry["name"], samples)
+        entry["bytes"] = (out / entry["name"]).stat().st_size
+    index.update(codecs=codecs, complete=True, resume_hint=None)
     _write_index(out, index)
     return index
 
@@ -642,6 +726,26 @@ def _open_verified(shard: str, sha256: str | None) -> BinaryIO:
     return fh
 
 
+def _seekable_tar_files(fh: BinaryIO) -> Iterator[dict[str, Any]]:
+    """``{fname, data}`` of a seekable tar's regular files, as webdataset's
+    ``tar_file_iterator`` gives them (same metadata skipped).
+
+    Why: webdataset reads in stream mode, 10 KB per read joined per member (~4x the CPU of one
+    read per member here for raw16 depth, whose members are megabytes).
+    """
+    with tarfile.open(fileobj=fh, mode="r:*") as tar:
+        for info in tar:
+            name = info.name
+            if not info.isreg() or re.match(r"__[^/]*__($|/)", name) or (
+                    "/" not in name and name.startswith("__") and name.endswith("__")):
+                continue
+            member = tar.extractfile(info)
+            data = member.read() if member is not None else b""
+            if len(data) != info.size:
+                raise tarfile.ReadError(f"unexpected end of data in {name}")
+            yield {"fname": name, "data": data}
+
+
 def iter_raw_samples(shard: PathLike, sha256: str | None = None, *, size: int | None = None,
                      remote: RemoteOptions | None = None) -> Iterator[dict[str, Any]]:
     """Undecoded samples (``__key__``, ``__url__`` and suffix -> bytes) of one shard (a file or
@@ -657,7 +761,8 @@ def iter_raw_samples(shard: PathLike, sha256: str | None = None, *, size: int | 
     try:
         with (_open_remote_verified(shard, sha256, size, remote) if _remote.is_url(shard)
               else _open_verified(shard, sha256)) as fh:
-            files = wds.tariterators.tar_file_iterator(fh)
+            files = (_seekable_tar_files(fh) if fh.seekable()
+                     else wds.tariterators.tar_file_iterator(fh))
             files = ({**f, "__url__": shard} for f in files)
             for sample in wds.tariterators.group_by_keys(files):
                 last = sample["__key__"]
@@ -702,10 +807,21 @@ def check_depth_png(data: bytes, where: tuple[str, str, str]) -> None:
                          shard=where[0], key=where[1], field=where[2])
 
 
-def decode_depth_bits(data: bytes, where: tuple[str, str, str] = ("?", "?", "depth")) -> np.ndarray:
-    """The uint16 float16-bit patterns of a ``float16-png16`` depth payload (crop these first,
-    then :func:`bits_to_depth`, to convert only the pixels in use). Anything but a 16-bit
-    greyscale PNG raises :class:`ShardError`."""
+def decode_depth_bits(data: bytes, where: tuple[str, str, str] = ("?", "?", "depth"),
+                      codec: str = "png16", shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The uint16 float16-bit patterns of a depth payload (crop these first, then
+    :func:`bits_to_depth`, to convert only the pixels in use). ``png16``: anything but a 16-bit
+    greyscale PNG raises :class:`ShardError`; ``raw16``/``zlib16`` need the frame's ``shape``
+    ``(H, W)`` and give a read-only little-endian view (a wrong size raises)."""
+    if codec != "png16":
+        if shape is None:
+            raise ShardError(f"a {codec} depth payload needs the clip's image size to decode",
+                             shard=where[0], key=where[1], field=where[2])
+        try:
+            return raw_depth_bits(data, codec, shape)
+        except ValueError as exc:
+            raise ShardError(f"{exc}; re-create the shard", shard=where[0], key=where[1],
+                             field=where[2]) from exc
     check_depth_png(data, where)
     bits = _decode_image(data, where)
     if bits.dtype != np.uint16:  # PIL may widen 16-bit PNGs to int32 ("I" mode)
@@ -714,13 +830,15 @@ def decode_depth_bits(data: bytes, where: tuple[str, str, str] = ("?", "?", "dep
 
 
 def bits_to_depth(bits: np.ndarray) -> np.ndarray:
-    """float32 depth of float16 bit patterns (uint16)."""
+    """float32 depth of float16 bit patterns (uint16, either byte order)."""
+    bits = bits.astype(np.uint16, copy=False)  # a no-op but for big-endian hosts reading raw16
     return bits.view(np.float16).astype(np.float32)
 
 
-def decode_depth(data: bytes, where: tuple[str, str, str] = ("?", "?", "depth")) -> np.ndarray:
-    """float32 depth of a ``float16-png16`` payload."""
-    return bits_to_depth(decode_depth_bits(data, where))
+def decode_depth(data: bytes, where: tuple[str, str, str] = ("?", "?", "depth"),
+                 codec: str = "png16", shape: tuple[int, int] | None = None) -> np.ndarray:
+    """float32 depth of a depth payload (see :func:`decode_depth_bits`)."""
+    return bits_to_depth(decode_depth_bits(data, where, codec, shape))
 
 
 def parse_header(sample: dict[str, Any]) -> dict:
@@ -771,7 +889,8 @@ def decode_sample(
     if sel.size == 0 or sel.min() < 0 or sel.max() >= t:
         raise ShardError(f"frame selection {sel.tolist()} outside 0..{t - 1}", shard=shard, key=key)
     masks = list(header.get("masks", []))
-    fields = {"rgb": "jpg", "depth": "png", **{m: "png" for m in masks}}
+    depth_codec = depth_codec_of(header, shard, key)
+    fields = {"rgb": "jpg", "depth": DEPTH_EXTENSIONS[depth_codec], **{m: "png" for m in masks}}
     payloads = {name: [_frame_field(sample, name, i, ext) for i in range(t)]  # all must exist
                 for name, ext in fields.items()}
     meta = dict(header["meta"])
@@ -790,6 +909,7 @@ def decode_sample(
     if lazy:
         for name in fields:
             clip[name] = [payloads[name][i] for i in sel]
+        clip["depth_codec"] = depth_codec  # how to decode clip["depth"]
     else:
         size = _stored_size(meta)
 
@@ -807,7 +927,7 @@ def decode_sample(
             return np.stack(out)
 
         clip["rgb"] = frames_of("rgb", lambda d, w: _decode_image(d, w, "RGB"))
-        clip["depth"] = frames_of("depth", decode_depth)
+        clip["depth"] = frames_of("depth", lambda d, w: decode_depth(d, w, depth_codec, size))
         for m in masks:
             clip[m] = frames_of(m, lambda d, w: _decode_image(d, w).astype(bool))
     clip["meta"] = meta

@@ -25,7 +25,9 @@ others, :meth:`StatefulStreamLoader.load_state_dict` warns and starts the next e
 
 from __future__ import annotations
 
+import atexit
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -208,6 +210,27 @@ def _gather(local: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+_PERSISTENT: weakref.WeakSet[DataLoader] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_persistent_workers() -> None:
+    """Stop the kept worker processes of every live loader before the interpreter tears down.
+
+    Left to garbage collection at interpreter exit, a persistent-worker iterator can be destroyed
+    after the modules it needs, which aborts the process ("terminate called without an active
+    exception") after a run that otherwise succeeded.
+    """
+    for loader in list(_PERSISTENT):
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            try:
+                iterator._shutdown_workers()
+            except Exception:  # noqa: BLE001 - best effort at exit
+                log.debug("could not stop the workers of %r at exit", loader, exc_info=True)
+        loader._iterator = None
+
+
 class StatefulStreamLoader(DataLoader):
     """DataLoader over a ``ClipStream`` with Lightning's ``state_dict``/``load_state_dict``.
 
@@ -219,7 +242,9 @@ class StatefulStreamLoader(DataLoader):
 
     def __init__(self, dataset: Any, sink: Callable[[dict], None], start_epoch: int,
                  **kwargs: Any) -> None:
-        super().__init__(dataset, batch_size=None, persistent_workers=False, **kwargs)
+        super().__init__(dataset, batch_size=None, **{"persistent_workers": False, **kwargs})
+        if self.persistent_workers:
+            _PERSISTENT.add(self)
         self._sink = sink
         self.epoch = start_epoch
         self._position: dict[str, Any] | None = None  # the pass running (or last run)
@@ -238,7 +263,11 @@ class StatefulStreamLoader(DataLoader):
             self.epoch, done, workers = pending["epoch"], pending["batches"], list(pending["workers"])
             # PyTorch hands out worker 0's batch first: number the workers so that the one
             # due next (batches handed out mod workers) is worker 0
-            stream._resume = {"shift": done % self._workers(), "workers": workers}
+            stream._resume = {"shift": done % self._workers(), "workers": workers,
+                              "epoch": self.epoch}  # persistent workers drop it after that pass
+            if self._iterator is not None:  # persistent workers: fresh ones copy the position
+                self._iterator._shutdown_workers()
+                self._iterator = None
         stream.epoch = self.epoch  # copied into the (fresh) workers by the next line
         try:
             it = super().__iter__()

@@ -34,6 +34,7 @@ __all__ = [
     "make_synthetic_corpus",
     "CORPUS_NAME",
     "POSE_FREE_CORPUS_NAME",
+    "CAMERA_FLAVOURS",
 ]
 
 CORPUS_NAME = "synthetic"
@@ -41,6 +42,8 @@ POSE_FREE_CORPUS_NAME = "synthetic_posefree"
 LICENCE = "CC0-1.0"
 _NEAR = 1e-3
 _MAX_CHUNK_RAYS = 1 << 17  # rays per vectorised chunk (bounds memory, keeps arrays cache-sized)
+CAMERA_FLAVOURS = ("smooth", "fast", "static")
+_FAST_SPEED_UP = 3.0  # "fast" camera: the smooth path's motion, three times as fast
 
 
 @dataclass
@@ -57,6 +60,9 @@ class SynthConfig:
     fov_range: tuple[float, float] = (50.0, 90.0)  # horizontal field of view in degrees
     max_yaw_step: float = 4.0  # degrees per frame at most (strong but overlapping rotation)
     ground_radius: float = 150.0  # open scenes: ground disc radius around the scene origin
+    # "smooth" (the default path), "fast" (CAMERA_FLAVOURS: ~3x the rotation and translation
+    # speed plus per-frame shake: drastic view changes) or "static" (a fixed camera, moving objects)
+    camera: str = "smooth"
 
 
 # --------------------------------------------------------------------------- scene sampling
@@ -104,7 +110,11 @@ def _camera_path(rng: np.random.Generator, frames: int, kind: str, room: np.ndar
     World: y up. Yaw sweeps with a drift plus oscillation (strong rotation, bounded per-frame
     step); pitch and roll oscillate gently.
     """
-    t = np.arange(frames, dtype=np.float64)
+    if cfg.camera not in CAMERA_FLAVOURS:
+        raise ValueError(f"camera must be one of {CAMERA_FLAVOURS}, got {cfg.camera!r}")
+    fast = cfg.camera == "fast"
+    speed_up = _FAST_SPEED_UP if fast else 1.0  # scales time: same path shapes, traversed faster
+    t = np.arange(frames, dtype=np.float64) * speed_up
     step = np.deg2rad(cfg.max_yaw_step)
     drift = rng.uniform(-0.6, 0.6) * step
     amp = rng.uniform(0.2, 0.4) * step / max(rng.uniform(0.05, 0.2), 1e-3)
@@ -113,6 +123,11 @@ def _camera_path(rng: np.random.Generator, frames: int, kind: str, room: np.ndar
     pitch = np.deg2rad(rng.uniform(-8, 8)) + np.deg2rad(rng.uniform(3, 12)) * np.sin(
         rng.uniform(0.03, 0.12) * t + rng.uniform(0, 2 * np.pi))
     roll = np.deg2rad(rng.uniform(2, 8)) * np.sin(rng.uniform(0.03, 0.1) * t + rng.uniform(0, 6.3))
+    if fast:  # hand-held shake on top: a random walk of yaw rate, jittered pitch and roll
+        shake = np.deg2rad(cfg.max_yaw_step) * 0.5
+        yaw = yaw + np.cumsum(rng.normal(0.0, shake, frames))
+        pitch = pitch + rng.normal(0.0, shake * 0.5, frames)
+        roll = roll * 2.0 + rng.normal(0.0, shake * 0.5, frames)
     if kind == "room":
         lo, hi = room
         margin = 1.0
@@ -124,7 +139,7 @@ def _camera_path(rng: np.random.Generator, frames: int, kind: str, room: np.ndar
         pos = centre + amp_xyz * np.sin(freq * t[:, None] + ph)
         pos[:, 1] = np.clip(pos[:, 1], lo[1] + 0.8, hi[1] - 0.4)
     else:
-        speed = rng.uniform(0.05, 0.4)
+        speed = rng.uniform(0.05, 0.4) * speed_up
         heading = yaw - amp * np.sin(w * t + 0) * 0.5  # move roughly where the camera looks
         vel = speed * np.stack([np.sin(heading), np.zeros_like(t), np.cos(heading)], -1)
         pos = np.cumsum(vel, 0) - vel[0]
@@ -135,7 +150,10 @@ def _camera_path(rng: np.random.Generator, frames: int, kind: str, room: np.ndar
     down = np.cross(fwd, right)
     c, s = np.cos(roll)[:, None], np.sin(roll)[:, None]
     right, down = c * right + s * down, -s * right + c * down
-    return pos, np.stack([right, down, fwd], -1)  # columns: camera axes in world
+    rot = np.stack([right, down, fwd], -1)  # columns: camera axes in world
+    if cfg.camera == "static":  # the control: the first pose held for every frame
+        pos, rot = np.repeat(pos[:1], frames, 0), np.repeat(rot[:1], frames, 0)
+    return pos, rot
 
 
 def _sample_scene(rng: np.random.Generator, cfg: SynthConfig) -> dict:
@@ -566,12 +584,13 @@ def make_synthetic_corpus(out: str | os.PathLike, sequences: int, frames: int = 
                           seed: int = 0, pose_free: bool = False, workers: int = 1,
                           clips_per_shard: int = 8, progress: bool = True,
                           config: SynthConfig | None = None, *, resume: bool = False,
-                          resume_hint: str | None = None) -> dict:
+                          resume_hint: str | None = None, depth_codec: str = "png16") -> dict:
     """Render a synthetic corpus into ``out`` as shards; return its index.
 
     ``resume=True`` finishes an interrupted run with the same arguments (its verified shards
     are kept; see :func:`~gemdepth.data.shards.write_corpus`); ``resume_hint`` is the command
-    that does so, shown by readers that refuse the unfinished folder.
+    that does so, shown by readers that refuse the unfinished folder. ``depth_codec``: how
+    depth is stored (``png16`` default, ``raw16``, ``zlib16``: see :mod:`gemdepth.data.shards`).
     """
     from dataclasses import asdict
 
@@ -583,7 +602,9 @@ def make_synthetic_corpus(out: str | os.PathLike, sequences: int, frames: int = 
     source = {"format": "synthetic", "sequences": sequences, "frames": frames,
               "clip_length": clip_length, "size": list(size), "seed": seed,
               "pose_free": pose_free, "config": asdict(config or SynthConfig())}
+    if depth_codec != "png16":  # the default leaves the recorded source as it always was
+        source["depth_codec"] = depth_codec
     return write_corpus(clips, Path(out), corpus, clips_per_shard=clips_per_shard,
                         progress=progress, total=sequences * (frames // clip_length),
                         resume=resume, source=json.loads(json.dumps(source, default=str)),
-                        resume_hint=resume_hint)
+                        resume_hint=resume_hint, depth_codec=depth_codec)

@@ -117,13 +117,16 @@ def _option_text(value: Any) -> str:
 
 def convert_command(format: str, root: str | Path, out: str | Path,  # noqa: A002
                     clip_length: int, stride: int, clips_per_shard: int,
-                    options: Mapping[str, Any], resume: bool = False) -> str:
+                    options: Mapping[str, Any], resume: bool = False,
+                    depth_codec: str = "png16") -> str:
     """The ``gemdepth data convert`` command line of a conversion (shell-quoted)."""
     parts = ["gemdepth", "data", "convert", format, str(root), str(out),
              "--clip-length", str(clip_length), "--stride", str(stride),
              "--clips-per-shard", str(clips_per_shard)]
     for key, value in options.items():
         parts += ["-o", f"{key}={_option_text(value)}"]
+    if depth_codec != "png16":
+        parts += ["--depth-codec", depth_codec]
     if resume:
         parts.append("--resume")
     return " ".join(shlex.quote(p) for p in parts)
@@ -139,6 +142,7 @@ def run_converter(
     clips_per_shard: int = 8,
     progress: bool = True,
     resume: bool = False,
+    depth_codec: str = "png16",
     **options: Any,
 ) -> dict:
     """Convert the corpus at ``root`` (format ``format``) into shards in ``out``; return the index.
@@ -169,8 +173,10 @@ def run_converter(
     source = json.loads(json.dumps({
         "format": format, "root": str(Path(root).expanduser().resolve()),
         "clip_length": clip_length, "stride": stride, "options": dict(options)}, default=str))
+    if depth_codec != "png16":  # the default leaves the recorded source as it always was
+        source["depth_codec"] = depth_codec
     hint = convert_command(format, root, out, clip_length, stride, clips_per_shard, options,
-                           resume=True)
+                           resume=True, depth_codec=depth_codec)
     skipped: dict[str, int] = {}
     zeroed: dict[str, int] = {}
     done: set[str] = set()
@@ -182,7 +188,8 @@ def run_converter(
             raise ConverterError(_nothing_converted(format, root, skipped))
         index = write_corpus(itertools.chain([first], clips), out, first["meta"]["corpus"],
                              clips_per_shard=clips_per_shard, progress=progress,
-                             resume=resume, source=source, resume_hint=hint, known_keys=done)
+                             resume=resume, source=source, resume_hint=hint, known_keys=done,
+                             depth_codec=depth_codec)
     finally:
         for var, token in reversed(tokens):
             var.reset(token)
