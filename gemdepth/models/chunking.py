@@ -125,7 +125,7 @@ def default_max_memory(device: str | torch.device) -> int:
     CPU: :data:`DEFAULT_MAX_MEMORY` (256 MiB): the peak RSS of a window stays small and BLAS is
     as fast on small slices. CUDA: 1/16 of the card's memory, at most 2 GiB: on an H200 a ViT-L
     window of 32 frames at 518² runs 15 % faster than with 256 MiB slices (8.7 vs 10.2 ms per
-    frame, bf16) and peaks at 5.7 GB; a 24 GB card gets 1.5 GiB, an 8 GB one 512 MiB.
+    frame, bf16) and peaks at 5.2 GB; a 24 GB card gets 1.5 GiB, an 8 GB one 512 MiB.
     """
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
@@ -163,8 +163,9 @@ def return_freed_memory(threshold: int = LOW_MEMORY_MMAP_THRESHOLD) -> bool:
     bytes or more is its own mapping, returned when freed. Measured on CPU (one 518×686 window,
     fp32, ``benchmarks/bench_window_memory.py``): peak RSS of GemDepth-VDA ViT-S, 32 frames,
     2424 → 2038 MB; ViT-L, 8 frames, 4386 → 4067 MB; but about 20 % more CPU time (fresh pages are
-    faulted in for every large tensor: 91 → 110 CPU s at 16 frames), hence opt-in (``gemdepth infer --low-memory``). Set the same with
-    ``MALLOC_MMAP_THRESHOLD_=4194304`` in the environment. Returns whether the setting took effect.
+    faulted in for every large tensor: 91 → 110 CPU s at 16 frames), hence opt-in
+    (``gemdepth infer --low-memory``). ``MALLOC_MMAP_THRESHOLD_=4194304`` in the environment does
+    the same. Returns whether the setting took effect.
     """
     import ctypes
     import ctypes.util
