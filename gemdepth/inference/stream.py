@@ -60,8 +60,7 @@ from gemdepth.inference.preprocess import (
     preprocess_frames,
     upsample_depth,
 )
-from gemdepth.inference.readers import MAX_SOURCE_SIDE, resize_max_side
-from gemdepth.inference.windowing import FrameResult
+from gemdepth.inference.windowing import FrameResult, check_frame
 from gemdepth.models.encoder import PATCH_SIZE
 from gemdepth.models.plugins.astt import ASTT, frame_index_embedding
 from gemdepth.models.plugins.attention import Block
@@ -555,20 +554,7 @@ class Stream:
         return out
 
     def _frame(self, frame: object) -> np.ndarray:
-        if isinstance(frame, Tensor):
-            frame = frame.detach().cpu().numpy()
-        if not isinstance(frame, np.ndarray):
-            raise TypeError(f"frame {self.index}: expected a uint8 (H, W, 3) RGB array, got {type(frame).__name__}")
-        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(
-                f"frame {self.index}: expected a uint8 (H, W, 3) RGB array, got {frame.dtype} {frame.shape} "
-                f"(convert with np.clip(x, 0, 255).astype(np.uint8))"
-            )
-        h, w = frame.shape[:2]
-        if min(h, w) < 1 or max(h, w) > MAX_SOURCE_SIDE:
-            raise ValueError(f"frame {self.index}: size {h}x{w} is out of range (1..{MAX_SOURCE_SIDE} px per side)")
-        if self.max_resolution is not None and max(h, w) > self.max_resolution:
-            frame = resize_max_side(frame, self.max_resolution)
+        frame = check_frame(frame, self.index, self.max_resolution)
         if self._frame_hw is None:
             self._frame_hw = frame.shape[:2]
         elif frame.shape[:2] != self._frame_hw:

@@ -163,6 +163,29 @@ class WindowInfo:
     camera_similarity: Similarity | None = None
 
 
+def check_frame(frame: object, index: int, max_resolution: int | None) -> np.ndarray:
+    """One input frame as a uint8 ``(H, W, 3)`` RGB array (a tensor is converted), resized so its
+    longer side is at most ``max_resolution``; a clear error naming the frame otherwise.
+    Shared by the offline windowing and the online stream."""
+    if hasattr(frame, "numpy") and not isinstance(frame, np.ndarray):  # a torch tensor
+        frame = frame.detach().cpu().numpy()  # type: ignore[union-attr]
+    if not isinstance(frame, np.ndarray):
+        raise TypeError(f"frame {index}: expected a numpy uint8 (H, W, 3) RGB array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise TypeError(
+            f"frame {index}: dtype {frame.dtype}, expected uint8 RGB "
+            f"(convert with np.clip(x, 0, 255).astype(np.uint8))"
+        )
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame {index}: shape {frame.shape}, expected (H, W, 3) RGB")
+    h, w = frame.shape[:2]
+    if min(h, w) < 1 or max(h, w) > MAX_SOURCE_SIDE:
+        raise ValueError(f"frame {index}: size {h}x{w} is out of range (1..{MAX_SOURCE_SIDE} px per side)")
+    if max_resolution is not None and max(h, w) > max_resolution:
+        frame = resize_max_side(frame, max_resolution)
+    return frame
+
+
 class _FrameFeed:
     """Pulls frames from an iterator on demand, checks them, and holds them until released."""
 
@@ -175,22 +198,7 @@ class _FrameFeed:
         self.shape: tuple[int, int] | None = None
 
     def _check(self, frame: object, index: int) -> np.ndarray:
-        if hasattr(frame, "numpy") and not isinstance(frame, np.ndarray):  # a torch tensor
-            frame = frame.detach().cpu().numpy()  # type: ignore[union-attr]
-        if not isinstance(frame, np.ndarray):
-            raise TypeError(f"frame {index}: expected a numpy uint8 (H, W, 3) RGB array, got {type(frame).__name__}")
-        if frame.dtype != np.uint8:
-            raise TypeError(
-                f"frame {index}: dtype {frame.dtype}, expected uint8 RGB "
-                f"(convert with np.clip(x, 0, 255).astype(np.uint8))"
-            )
-        if frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f"frame {index}: shape {frame.shape}, expected (H, W, 3) RGB")
-        h, w = frame.shape[:2]
-        if min(h, w) < 1 or max(h, w) > MAX_SOURCE_SIDE:
-            raise ValueError(f"frame {index}: size {h}x{w} is out of range (1..{MAX_SOURCE_SIDE} px per side)")
-        if self._max_res is not None and max(h, w) > self._max_res:
-            frame = resize_max_side(frame, self._max_res)
+        frame = check_frame(frame, index, self._max_res)
         if self.shape is None:
             self.shape = frame.shape[:2]
         elif frame.shape[:2] != self.shape:
