@@ -508,9 +508,12 @@ class ClipStream(IterableDataset):
                                  for k in ("depth", "valid", "intrinsics", "extrinsics")}
         video = torch.stack([e["video"] for e in examples]).float()
         batch["video"] = torch.addcmul(_NORM_SHIFT, video, _NORM_SCALE)  # (x/255 - mean) / std
+        return self._finish_batch(batch, examples)
+
+    def _finish_batch(self, batch: dict[str, Any], examples: list[dict]) -> dict[str, Any]:
+        """The per-clip flags, keys and this batch's skip counts (both collates)."""
         batch["has_pose"] = torch.tensor([e["has_pose"] for e in examples], dtype=torch.bool)
-        batch["is_disparity"] = torch.tensor([e["is_disparity"] for e in examples],
-                                             dtype=torch.bool)
+        batch["is_disparity"] = torch.tensor([e["is_disparity"] for e in examples], dtype=torch.bool)
         batch["key"] = [e["key"] for e in examples]
         batch["_skipped"] = dict(self._skips)
         self._skips.clear()
@@ -532,13 +535,7 @@ class ClipStream(IterableDataset):
                 for t, frame in enumerate(video):  # one frame at a time stays in cache
                     torch.addcmul(_NORM_SHIFT, frame, _NORM_SCALE, out=out[b, t])
             batch["video"] = out
-        batch["has_pose"] = torch.tensor([e["has_pose"] for e in examples], dtype=torch.bool)
-        batch["is_disparity"] = torch.tensor([e["is_disparity"] for e in examples],
-                                             dtype=torch.bool)
-        batch["key"] = [e["key"] for e in examples]
-        batch["_skipped"] = dict(self._skips)
-        self._skips.clear()
-        return batch
+        return self._finish_batch(batch, examples)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         # not a generator: the worker numbering and resume position are read now, when the
