@@ -35,6 +35,7 @@ shard for that worker: counted once as ``<source>/checksum_mismatch`` and logged
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -54,14 +55,13 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
-from gemdepth.data.codecs import png_grey, png_mask
+from gemdepth.data.codecs import png16_rows, png_grey, png_mask
 from gemdepth.data.remote import RemoteOptions, is_url, parent_url
-from gemdepth.data.schema import FLOAT16_MAX, ClipError
+from gemdepth.data.schema import ClipError
 from gemdepth.data.shards import (
     ChecksumError,
     RemoteShardError,
     ShardError,
-    bits_to_depth,
     check_depth_png,
     decode_depth_bits,
     decode_sample,
@@ -72,6 +72,7 @@ from gemdepth.data.shards import (
     resolve_shards,
 )
 from gemdepth.data.stateful import STATE_KEY, ResampledSource, StatefulStreamLoader
+from gemdepth.malloc import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt
 from gemdepth.data.transforms import (
     PAPER_SIZES,
     crop_intrinsics,
@@ -93,19 +94,56 @@ _SKY_MODES = ("far", "invalid")
 _NORMALIZE_MODES = ("worker", "device")
 _ERROR_MODES = ("skip", "raise")
 _MAX_CONSECUTIVE_FAILURES = 200
+_FLOAT16_MAX_BITS = 0x7BFF  # bit pattern of float16's largest finite value (65504)
+_FLOAT16_NEGATIVE_ZERO = 0x8000
 _NORM_SCALE = torch.from_numpy(1.0 / (255.0 * IMAGENET_STD))[:, None, None]
 _NORM_SHIFT = torch.from_numpy(-IMAGENET_MEAN / IMAGENET_STD)[:, None, None]
 
 
 def _fast_depth_bits(data: bytes, where: tuple[str, str, str]) -> np.ndarray:
-    """:func:`decode_depth_bits` through torchvision's PNG decoder (same values, no PIL copy)."""
+    """:func:`decode_depth_bits`, faster, same values: None/Up-filtered PNGs (what the shard
+    writer makes) through :func:`png16_rows`, as a big-endian view to crop before converting;
+    any other 16-bit PNG through PIL."""
     check_depth_png(data, where)  # 16-bit greyscale only: an 8-bit PNG is no float16 depth
     try:
-        bits = png_grey(data)
+        rows = png16_rows(data)
+        return rows if rows is not None else png_grey(data)
     except ValueError as exc:
         raise ShardError(f"undecodable image ({exc})", shard=where[0], key=where[1],
                          field=where[2]) from exc
-    return bits if bits.dtype == np.uint16 else bits.astype(np.uint16)
+
+
+#: A loader process's glibc settings: buffers up to this size come from the heap, and this much
+#: free heap is kept, so each clip reuses the last clip's memory (a 32-frame 518² clip allocates
+#: ~100 MB of crops, depth and masks) instead of faulting in fresh pages for it.
+_LOADER_MMAP_THRESHOLD = 256 * 2**20
+_LOADER_TRIM_THRESHOLD = 1024 * 2**20
+
+
+@functools.cache
+def reuse_clip_buffers() -> bool:
+    """Make this (DataLoader worker) process reuse freed clip buffers: glibc otherwise maps
+    every buffer over 32 MB afresh and zero-fills its pages (~7 % of a worker's CPU time at
+    518², measured with ``MALLOC_MMAP_THRESHOLD_`` on ``bench_datamodule.py``'s corpus); costs
+    up to the trim threshold of retained free memory per worker. Called once per worker
+    process (never in the training process); False where the C library is not glibc."""
+    return (mallopt(M_MMAP_THRESHOLD, _LOADER_MMAP_THRESHOLD)
+            and mallopt(M_TRIM_THRESHOLD, _LOADER_TRIM_THRESHOLD))
+
+
+def _finite_non_negative(bits: np.ndarray) -> bool:
+    """Whether float16 bit patterns (native uint16) are all finite and >= 0 (-0.0 included, as
+    ``min() >= 0`` would say). One integer reduction in the usual case: positive finite float16s
+    are exactly the patterns 0x0000-0x7BFF (numpy's float16 reductions are ~50x slower)."""
+    if bits.size == 0 or int(bits.max()) <= _FLOAT16_MAX_BITS:
+        return True
+    return bool(((bits <= _FLOAT16_MAX_BITS) | (bits == _FLOAT16_NEGATIVE_ZERO)).all())
+
+
+def _float16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """float32 values of float16 bit patterns (native uint16), through torch's vectorised
+    conversion (numpy converts float16 element by element, ~10x slower)."""
+    return torch.from_numpy(bits.view(np.int16)).view(torch.float16).float().numpy()
 
 
 def _fast_mask(data: bytes, where: tuple[str, str, str]) -> np.ndarray:
@@ -128,6 +166,8 @@ def _empty_shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    if len(tensors) == 1:  # a batch of one clip (the paper's): a view, no copy here (a worker's
+        return tensors[0].unsqueeze(0)  # queue moves it to shared memory, as it would the stack)
     return torch.stack(tensors, out=_empty_shared((len(tensors), *tensors[0].shape),
                                                   tensors[0].dtype))
 
@@ -420,17 +460,21 @@ class ClipStream(IterableDataset):
                              key=key, field="extrinsics")
         box = plan_crop(tuple(meta["image_size"]), size, self.short_side, rng,
                         self.crop_jitter if rng is not None else 0.0)
+        # drawn here, where it always was in the rng's sequence (nothing above uses rng after
+        # the crop), so that maps are mirrored by their crop indices instead of copied
+        flip = rng is not None and self.hflip_prob > 0 and rng.random() < self.hflip_prob
         try:
             video = decode_crop_rgb(clip["rgb"], box, fast=self.fast_decode,
                                     pool=self._threads())
         except Exception as exc:  # PIL raises many types for broken images
             raise ShardError(f"undecodable or mis-sized frame ({exc})", shard=shard, key=key,
                              field="rgb") from exc
+
         def sized(arr: np.ndarray, field: str) -> np.ndarray:
             if arr.shape != box.src:
                 raise ShardError(f"map is {arr.shape} but the clip's image size is {box.src}",
                                  shard=shard, key=key, field=field)
-            return crop_nearest(arr, box)
+            return crop_nearest(arr, box, mirror=flip)
 
         dec_depth, dec_mask = ((_fast_depth_bits, _fast_mask) if self.fast_decode
                                else (decode_depth_bits, _decode_mask))
@@ -438,12 +482,11 @@ class ClipStream(IterableDataset):
         if codec != "png16":  # raw16/zlib16: a view of the bits; the crop reads only its pixels
             def dec_depth(p: bytes, where: tuple[str, str, str]) -> np.ndarray:
                 return decode_depth_bits(p, where, codec, box.src)
-        depth = bits_to_depth(np.stack(self._map(
-            lambda p: sized(dec_depth(p, (shard, key, "depth")), "depth"), clip["depth"])))
-        # finite and >= 0 <=> min >= 0 and max <= float16's max (NaN fails both comparisons):
-        # two reductions instead of two boolean maps of the clip
-        if not (depth.min() >= 0 and depth.max() <= FLOAT16_MAX):
+        bits = np.stack(self._map(lambda p: sized(dec_depth(p, (shard, key, "depth")), "depth")
+                                  .astype(np.uint16, copy=False), clip["depth"]))
+        if not _finite_non_negative(bits):
             raise ShardError("NaN/inf or negative depth", shard=shard, key=key, field="depth")
+        depth = _float16_bits_to_float32(bits)
         masks = {m: np.stack(self._map(lambda p, m=m: sized(dec_mask(p, (shard, key, m)), m),
                                        clip[m])).astype(bool, copy=False)
                  if clip.get(m) is not None else None for m in ("sky", "valid")}
@@ -451,9 +494,8 @@ class ClipStream(IterableDataset):
         has_pose = clip["extrinsics"] is not None
         extr = clip["extrinsics"] if has_pose else np.tile(np.eye(4, dtype=np.float32),
                                                            (len(sel), 1, 1))
-        if rng is not None and self.hflip_prob > 0 and rng.random() < self.hflip_prob:
-            video, depth = video.flip(-1), depth[..., ::-1]
-            masks = {m: None if v is None else v[..., ::-1] for m, v in masks.items()}
+        if flip:  # depth and masks were mirrored by crop_nearest
+            video = video.flip(-1)
             intr = flip_intrinsics(intr, size[1])
             extr = flip_extrinsics(extr) if has_pose else extr
         is_disp = meta["depth_kind"] == "relative-disparity"
@@ -473,7 +515,7 @@ class ClipStream(IterableDataset):
     def _supervision(depth: np.ndarray, sky: np.ndarray | None, valid: np.ndarray | None,
                      is_disp: bool, spec: SourceSpec) -> tuple[np.ndarray, np.ndarray]:
         """Depth with far/sky truncation and its validity mask (paper A.2)."""
-        depth = np.ascontiguousarray(depth)  # writable: a fresh array (copied if flipped)
+        depth = np.require(depth, requirements=("C", "W"))  # a fresh array already: no copy
         ok = depth > 0
         if not is_disp and spec.max_depth is not None:
             np.minimum(depth, spec.max_depth, out=depth)
@@ -543,6 +585,8 @@ class ClipStream(IterableDataset):
         if self._resume is not None and self._resume.get("epoch", self.epoch) != self.epoch:
             self._resume = None  # a persistent worker's copy of a position it already used
         rank, world, worker, nworkers = self._worker_info()
+        if torch.utils.data.get_worker_info() is not None:
+            reuse_clip_buffers()
         rng = np.random.default_rng([self.seed, self.epoch, rank, worker])
         self._skips = Counter()
         if self.train:

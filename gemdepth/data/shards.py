@@ -62,6 +62,8 @@ from gemdepth.data.codecs import (
     DEPTH_CODECS,
     DEPTH_EXTENSIONS,
     encode_depth_bits,
+    encode_png_mask,
+    png16_rows,
     raw_depth_bits,
 )
 from gemdepth.data.remote import RemoteError, RemoteOptions
@@ -188,9 +190,7 @@ def _encode_depth(depth: np.ndarray, codec: str = "png16") -> bytes:
 
 
 def _encode_mask(mask: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(mask).save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
+    return encode_png_mask(mask)
 
 
 def _json_default(obj: Any) -> Any:
@@ -823,6 +823,13 @@ def decode_depth_bits(data: bytes, where: tuple[str, str, str] = ("?", "?", "dep
             raise ShardError(f"{exc}; re-create the shard", shard=where[0], key=where[1],
                              field=where[2]) from exc
     check_depth_png(data, where)
+    try:  # the writer's own (Up-filtered) PNGs without libpng; damaged image data raise
+        rows = png16_rows(data)
+    except ValueError as exc:
+        raise ShardError(f"undecodable image ({exc})", shard=where[0], key=where[1],
+                         field=where[2]) from exc
+    if rows is not None:
+        return rows.astype(np.uint16)
     bits = _decode_image(data, where)
     if bits.dtype != np.uint16:  # PIL may widen 16-bit PNGs to int32 ("I" mode)
         bits = bits.astype(np.uint16)

@@ -179,11 +179,12 @@ def _nearest_index(n_out: int, start: int, length: int, scale: float) -> np.ndar
     return np.clip(idx, start, start + length - 1)
 
 
-def crop_nearest(arr: np.ndarray, box: CropBox) -> np.ndarray:
-    """Nearest-neighbour crop-resize of maps ``(..., H, W)`` -> ``(..., h, w)``."""
+def crop_nearest(arr: np.ndarray, box: CropBox, mirror: bool = False) -> np.ndarray:
+    """Nearest-neighbour crop-resize of maps ``(..., H, W)`` -> ``(..., h, w)``, mirrored
+    left-right when ``mirror`` (the same pixels as flipping the result, without the copy)."""
     iy = _nearest_index(box.out[0], box.top, box.height, box.scale_y)
     ix = _nearest_index(box.out[1], box.left, box.width, box.scale_x)
-    return np.take(np.take(arr, iy, axis=-2), ix, axis=-1)
+    return np.take(np.take(arr, iy, axis=-2), ix[::-1] if mirror else ix, axis=-1)
 
 
 def flip_intrinsics(intrinsics: np.ndarray, width: int) -> np.ndarray:

@@ -167,19 +167,9 @@ def return_freed_memory(threshold: int = LOW_MEMORY_MMAP_THRESHOLD) -> bool:
     (``gemdepth infer --low-memory``). ``MALLOC_MMAP_THRESHOLD_=4194304`` in the environment does
     the same. Returns whether the setting took effect.
     """
-    import ctypes
-    import ctypes.util
-    import sys
+    from gemdepth.malloc import M_MMAP_THRESHOLD, mallopt
 
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-    m_mmap_threshold = -3  # glibc's <malloc.h>
-    return bool(mallopt(ctypes.c_int(m_mmap_threshold), ctypes.c_int(int(threshold))))
+    return mallopt(M_MMAP_THRESHOLD, threshold)
 
 
 def budgeted_modules(module: nn.Module) -> Iterable[nn.Module]:
