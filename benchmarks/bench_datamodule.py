@@ -249,7 +249,7 @@ def profile(dm: Any, warmup: int) -> tuple[Counter[str], float, int]:
             datamodule._float16_bits_to_float32, "depth float16 -> float32")),
         (datamodule, "crop_nearest", timer.wrap(datamodule.crop_nearest, "depth/mask crop")),
         (datamodule, "decode_depth_bits", timer.wrap(
-            datamodule.decode_depth_bits, "depth decode (raw16/zlib16 view; PNG header check)")),
+            datamodule.decode_depth_bits, "depth decode (decode_depth_bits: raw16/zlib16 view or PNG)")),
         (datamodule.ClipStream, "_collate",
          timer.wrap(datamodule.ClipStream._collate, "collate (stack, to float, normalise)")),
         (datamodule.ClipStream, "process", timer.wrap(
