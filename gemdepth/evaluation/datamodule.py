@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from gemdepth.data.remote import display
 from gemdepth.evaluation.protocol import Crop, FrameSampling, InferenceSettings, Protocol, get_protocol
 from gemdepth.evaluation.runner import AnalysisSetting, analysis_settings
 from gemdepth.evaluation.sequence import prepare_sequence
@@ -49,15 +50,26 @@ def plan_sequences(path: str | Path, protocol: Protocol) -> tuple[list[str] | No
         ValueError: the corpus is pose-free but the metrics need poses, or a requested
             sequence is missing.
     """
-    from gemdepth.data.shards import read_index, require_complete
+    from gemdepth.data import remote
+    from gemdepth.data.shards import read_index, remote_index, require_complete
 
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such folder; convert the {protocol.dataset} benchmark first "
-                                f"(`gemdepth data convert {protocol.dataset} ROOT {p}`, see docs/eval_protocol.md)")
-    index = read_index(p) if p.is_dir() else None
-    if p.is_dir() and (index is not None or any(p.glob("*.tar"))):
-        require_complete(p, index)  # an interrupted conversion: refused, naming --resume
+    if remote.is_url(str(path)):  # http(s)://, fsspec URLs, pipe: (as the training DataModule)
+        p = str(path).rstrip("/")
+        index = remote_index(p)  # a missing or incomplete index.json raises, naming the URL
+
+        def shard_path(name: str) -> str:
+            return remote.join_url(p, name)
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such folder; convert the {protocol.dataset} benchmark first "
+                                    f"(`gemdepth data convert {protocol.dataset} ROOT {p}`, see docs/eval_protocol.md)")
+        index = read_index(p) if p.is_dir() else None
+        if p.is_dir() and (index is not None or any(p.glob("*.tar"))):
+            require_complete(p, index)  # an interrupted conversion: refused, naming --resume
+
+        def shard_path(name: str) -> str:
+            return str(p / name)
     if index is None:
         return None, {}
     if index.get("corpus") not in (None, protocol.dataset):
@@ -69,7 +81,7 @@ def plan_sequences(path: str | Path, protocol: Protocol) -> tuple[list[str] | No
     shards: dict[str, list[str]] = {}
     for entry in index["shards"]:
         for seq in entry.get("sequences", []):
-            shards.setdefault(str(seq), []).append(str(p / entry["name"]))
+            shards.setdefault(str(seq), []).append(shard_path(entry["name"]))
     available = sorted(shards)
     if protocol.sequences is not None:
         missing = [s for s in protocol.sequences if s not in shards]
@@ -152,7 +164,8 @@ class EvalDataModule(LightningDataModule):
     :data:`gemdepth.evaluation.protocol.PROTOCOLS` has the same presets for Python use):
 
     Args:
-        path: folder of converted evaluation shards (one corpus, with ``index.json``).
+        path: folder of converted evaluation shards (one corpus, with ``index.json``), or its
+            URL (``https://``, fsspec URLs, ``pipe:``; see :mod:`gemdepth.data.remote`).
         name: protocol name (result files ``eval_<name>.*``, table columns).
         dataset: corpus the shards must hold (``sintel``, ``kitti``, ``scannet``, ``bonn``, …).
         max_depth, min_depth: valid ground truth ``min_depth < gt < max_depth``.
@@ -256,7 +269,7 @@ class EvalDataModule(LightningDataModule):
         # one namespaced entry: Lightning merges DataModule and task hparams and refuses clashes
         # (the task has its own ``metrics``)
         self.save_hyperparameters({"evaluation": {
-            "path": self.path, "protocol": self.protocol.to_dict(),
+            "path": display(self.path), "protocol": self.protocol.to_dict(),  # no URL password
             "settings": [s.as_dict() for s in self.settings], "seed": self.seed}})
 
     @classmethod
@@ -271,7 +284,8 @@ class EvalDataModule(LightningDataModule):
             self._plan = plan_sequences(self.path, self.protocol)
             names = self._plan[0]
             if names is not None:
-                log.info("protocol %s: %d sequence(s) from %s", self.protocol.name, len(names), self.path)
+                log.info("protocol %s: %d sequence(s) from %s", self.protocol.name, len(names),
+                         display(self.path))
 
     @property
     def sequence_names(self) -> list[str] | None:

@@ -102,3 +102,52 @@ def test_datamodule_validates_its_arguments(tmp_path) -> None:
         EvalDataModule(str(tmp_path), reference_quirks=["nope"])
     with pytest.raises(ValueError, match="pose_noise"):
         EvalDataModule(str(tmp_path), pose_noise=[-0.1])
+
+
+class _QuietHandler:
+    """``http.server``'s file handler without request logging (built lazily: tests import fast)."""
+
+    @staticmethod
+    def serve(root):
+        import functools
+        import http.server
+        import threading
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                functools.partial(Handler, directory=str(root)))
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
+def test_a_corpus_url_plans_and_reads_like_the_folder(scannet_corpus) -> None:
+    """``data.path`` may be the corpus's URL (as for training): the same sequences, shards (by
+    name, as URLs) and prepared samples as the local folder; a URL without index.json is an
+    error naming it."""
+    from gemdepth.data.shards import IncompleteCorpusError
+
+    httpd, root = _QuietHandler.serve(scannet_corpus.parent)
+    try:
+        url = f"{root}/{scannet_corpus.name}"
+        proto = get_protocol("scannet", max_sequences=2)
+        names, shards = plan_sequences(scannet_corpus, proto)
+        url_names, url_shards = plan_sequences(url + "/", proto)
+        assert url_names == names
+        assert {n: [s.rsplit("/", 1)[-1] for s in v] for n, v in url_shards.items()} == \
+            {n: [s.rsplit("/", 1)[-1] for s in v] for n, v in shards.items()}
+        assert all(s.startswith(url + "/") for v in url_shards.values() for s in v)
+        local, remote = list(_dm(scannet_corpus).iter_samples()), list(_dm(url).iter_samples())
+        assert [s["name"] for s in remote] == [s["name"] for s in local] and len(local) == 3
+        for a, b in zip(local, remote):
+            for key in ("rgb", "depth", "valid"):
+                np.testing.assert_array_equal(np.asarray(b[key]), np.asarray(a[key]))
+            assert b["frame_indices"] == a["frame_indices"]
+        with pytest.raises(IncompleteCorpusError, match=r"127\.0\.0\.1.*nowhere"):
+            plan_sequences(f"{root}/nowhere", proto)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
