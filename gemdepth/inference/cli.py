@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-memory",
         default=None,
         help="activation budget of each per-frame stage of a window, e.g. 512MB, 2GB, or 'none' for no limit "
-        "(default: 256MB on CPU; on CUDA 1/16 of the card's memory, at most 2GB); smaller uses less memory, "
+        "(default: 64MB on CPU; on CUDA 1/16 of the card's memory, at most 2GB); smaller uses less memory, "
         "same output",
     )
     speed.add_argument(

@@ -22,7 +22,8 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 MIN_TOKEN_ROWS = 64  # smallest slice of tokens for row-wise linear layers (same numbers as one call)
-DEFAULT_MAX_MEMORY = 256 * 2**20  # bytes of stage working memory per slice (activations, not weights)
+DEFAULT_MAX_MEMORY = 64 * 2**20  # bytes of stage working memory per slice (activations, not weights)
+GPU_MIN_MAX_MEMORY = 256 * 2**20  # the smallest slice budget a GPU gets (small cards)
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
 
@@ -122,8 +123,12 @@ GPU_MAX_MEMORY = 2 * 2**30  # per-slice budget on a large GPU: big slices keep t
 def default_max_memory(device: str | torch.device) -> int:
     """The per-slice activation budget that suits ``device``.
 
-    CPU: :data:`DEFAULT_MAX_MEMORY` (256 MiB): the peak RSS of a window stays small and BLAS is
-    as fast on small slices. CUDA: 1/16 of the card's memory, at most 2 GiB: on an H200 a ViT-L
+    CPU: :data:`DEFAULT_MAX_MEMORY` (64 MiB): the peak RSS of a window stays small and BLAS is
+    as fast on small slices. Measured (``benchmarks/bench_window_memory.py``, fp32, peak RSS with
+    weights and imports; 256 MiB → 128 MiB → 64 MiB): GemDepth-VDA ViT-S 32×518×686 2283 → 2154
+    → 2011 MiB (forward 127 → 124 → 127 s on 2 threads), ViT-L 8×518×686 4412 → 4284 → 4286
+    MiB; ViT-S 8×196×350 forward 1.85-1.93 s → 1.76-1.78 s at 64 MiB. CUDA: 1/16 of the card's
+    memory, at least 256 MiB, at most 2 GiB: on an H200 a ViT-L
     window of 32 frames at 518² runs 15 % faster than with 256 MiB slices (8.7 vs 10.2 ms per
     frame, bf16) and peaks at 5.2 GB; a 24 GB card gets 1.5 GiB, an 8 GB one 512 MiB.
     """
@@ -131,7 +136,7 @@ def default_max_memory(device: str | torch.device) -> int:
     if device.type != "cuda" or not torch.cuda.is_available():
         return DEFAULT_MAX_MEMORY
     total = torch.cuda.get_device_properties(device).total_memory
-    return int(max(DEFAULT_MAX_MEMORY, min(GPU_MAX_MEMORY, total // 16)))
+    return int(max(GPU_MIN_MAX_MEMORY, min(GPU_MAX_MEMORY, total // 16)))
 
 
 def tune_for_device(model: nn.Module, device: str | torch.device) -> nn.Module:

@@ -204,13 +204,13 @@ def test_checkpointing_recomputes_in_backward() -> None:
     [(141, 2048, True), (24, 1536, True), (8, 512, False), (2, 256, False)],
 )
 def test_the_budget_and_head_layout_follow_the_device(monkeypatch, card_gib, budget_mib, channels_last) -> None:
-    """CPU keeps 256 MiB slices and NHWC convs; a GPU gets 1/16 of its memory (≤ 2 GiB), NHWC from 1 GiB on."""
+    """CPU keeps 64 MiB slices and NHWC convs; a GPU gets 1/16 of its memory (256 MiB to 2 GiB), NHWC from 1 GiB on."""
     from types import SimpleNamespace
 
     from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, default_max_memory, tune_for_device
 
     model = mini("vda", [{"name": "astt"}])
-    assert default_max_memory("cpu") == DEFAULT_MAX_MEMORY == 256 * 2**20
+    assert default_max_memory("cpu") == DEFAULT_MAX_MEMORY == 64 * 2**20
     model.head.channels_last = False
     tune_for_device(model, "cpu")
     assert {m.max_memory for m in budgeted_modules(model)} == {DEFAULT_MAX_MEMORY}
