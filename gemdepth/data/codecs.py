@@ -31,9 +31,9 @@ __all__ = ["jpeg_rgb", "png_grey", "png_mask", "png16_rows", "encode_png16", "is
 #: Depth encodings a shard writer can choose (``--depth-codec``); all hold the same float16
 #: bit patterns, so readers get identical values from any of them:
 #: ``png16`` (default): 16-bit greyscale PNG, written with every row "Up"-filtered
-#: (:func:`encode_png16`; the smallest of the three), which the loader undoes with one
-#: vectorised add per row (:func:`png16_rows`, ~1.5 ms per 720p frame; PNGs from other
-#: writers, e.g. Paeth-filtered, go through libpng: ~8 ms);
+#: (:func:`encode_png16`; the smallest of the three), which the loader undoes with a
+#: vectorised running sum (:func:`png16_rows`, ~1.1 ms per 720p frame; PNGs from other
+#: writers, e.g. Pillow's Paeth-filtered ones, go through PIL: ~7 ms);
 #: ``raw16``: uncompressed little-endian uint16 (H·W·2 bytes, ~8x a PNG): decoding is a
 #: zero-copy view, and only the cropped pixels are ever read;
 #: ``zlib16``: the same bytes deflated (zlib level 6): about a PNG's size, no unfilter and no
@@ -159,7 +159,7 @@ def encode_png16(bits: np.ndarray, level: int = _ZLIB_LEVEL) -> bytes:
 
     Why hand-written: Pillow picks each row's filter itself (mostly Paeth on smooth depth),
     which readers must undo byte by byte (libpng: ~5 ms of a 720p frame's ~8 ms decode);
-    Up rows are undone with one vectorised add per row (:func:`png16_rows`), and deflate
+    Up rows are undone with a few vectorised adds (:func:`png16_rows`), and deflate
     smaller too (~0.6x Pillow's size on synthetic depth). Any PNG reader decodes the result.
     """
     h, w = bits.shape
@@ -204,7 +204,8 @@ def png16_rows(data: bytes) -> np.ndarray | None:
     before converting it to native byte order.
 
     Why hand-written: libpng spends most of a 720p depth frame's decode undoing filters byte by
-    byte; here the stream is inflated in one call (zlib-ng) and Up rows are one numpy add each.
+    byte; here the stream is inflated in one call (zlib-ng) and Up rows are undone by a blocked
+    running sum (:func:`_running_row_sums`).
     """
     if _png_kind(data) != (16, _GREY) or data[28] != 0:
         return None

@@ -72,7 +72,6 @@ from gemdepth.data.shards import (
     resolve_shards,
 )
 from gemdepth.data.stateful import STATE_KEY, ResampledSource, StatefulStreamLoader
-from gemdepth.malloc import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt
 from gemdepth.data.transforms import (
     PAPER_SIZES,
     crop_intrinsics,
@@ -82,6 +81,7 @@ from gemdepth.data.transforms import (
     flip_intrinsics,
     plan_crop,
 )
+from gemdepth.malloc import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt
 
 __all__ = ["VideoDataModule", "SourceSpec", "ClipStream", "parse_sources", "IMAGENET_MEAN",
            "IMAGENET_STD"]
