@@ -230,6 +230,7 @@ def profile(dm: Any, warmup: int) -> tuple[Counter[str], float, int]:
 
     import gemdepth.data.codecs as codecs
     import gemdepth.data.datamodule as datamodule
+    import gemdepth.data.shards as shards
 
     timer = StageTimer()
     patches = [
@@ -240,8 +241,8 @@ def profile(dm: Any, warmup: int) -> tuple[Counter[str], float, int]:
         (codecs, "decode_jpeg", timer.wrap(codecs.decode_jpeg, "JPEG decode")),
         (F, "interpolate", timer.wrap(F.interpolate, "RGB resize (uint8, antialiased)")),
         (datamodule, "decode_crop_rgb", timer.wrap(datamodule.decode_crop_rgb, "RGB crop + stack")),
-        (datamodule, "png16_rows", timer.wrap(datamodule.png16_rows,
-                                               "depth PNG decode (inflate, undo Up rows)")),
+        (shards, "png16_rows", timer.wrap(shards.png16_rows,
+                                          "depth PNG decode (inflate, undo Up rows)")),
         (datamodule, "png_mask", timer.wrap(datamodule.png_mask, "mask PNG decode")),
         (datamodule, "_finite_non_negative", timer.wrap(datamodule._finite_non_negative,
                                                         "depth checks (finite, >= 0)")),
@@ -249,7 +250,7 @@ def profile(dm: Any, warmup: int) -> tuple[Counter[str], float, int]:
             datamodule._float16_bits_to_float32, "depth float16 -> float32")),
         (datamodule, "crop_nearest", timer.wrap(datamodule.crop_nearest, "depth/mask crop")),
         (datamodule, "decode_depth_bits", timer.wrap(
-            datamodule.decode_depth_bits, "depth decode (decode_depth_bits: raw16/zlib16 view or PNG)")),
+            datamodule.decode_depth_bits, "depth decode (PNG header check; raw16/zlib16 view; other PNGs: PIL)")),
         (datamodule.ClipStream, "_collate",
          timer.wrap(datamodule.ClipStream._collate, "collate (stack, to float, normalise)")),
         (datamodule.ClipStream, "process", timer.wrap(
@@ -363,7 +364,7 @@ def main() -> None:
         if base is None:
             print("no baseline in this run: this tree's 'reference' row (PIL decoding) shares the "
                   "clip code's later speed-ups, so it is faster than the loader issue 13 measured; "
-                  f"run from a clone with history (commit {args.baseline}) for that comparison")
+                  f"run from a clone with history (commit {BASELINE}) for that comparison")
         sys.path.insert(0, str(here.parent))
         for n in args.workers:
             torch.set_num_threads(1)

@@ -164,28 +164,39 @@ def train_stage(stage: int, s: DemoSettings, paths: dict[str, Path], init: Path 
 
 
 # --------------------------------------------------------------------------- evaluation
-def evaluate(model: Any, sequences: list[dict], s: DemoSettings, label: str) -> dict[str, float]:
-    """AbsRel, δ1 and TAE of ``model`` on whole held-out sequences (windowed inference)."""
+def predict_sequence(model: Any, seq: dict, window: tuple[int, int, int]) -> tuple[Any, ...]:
+    """``(pred, depth, valid, intrinsics, extrinsics)`` tensors of one whole synthetic sequence:
+    the windowed inference's depth at the frames' short side (``window`` = size, overlap,
+    cross-fade), and the ground truth with sky not scored. Shared by the demo and
+    ``gemdepth experiment``'s held-out evaluation, so both score the same way."""
     import torch
-    from tqdm import tqdm
 
     from gemdepth.inference import infer_video
+
+    size, overlap, interp = window
+    height, width = seq["rgb"].shape[1:3]
+    with torch.inference_mode():
+        results = list(infer_video(model, list(seq["rgb"]), input_size=min(height, width), window=size,
+                                   overlap=overlap, interp=interp, device="cpu"))
+    pred = torch.from_numpy(np.stack([r.depth for r in results])).float()
+    depth = torch.from_numpy(seq["depth"]).float()
+    valid = depth > 0
+    if seq.get("sky") is not None:
+        valid &= ~torch.from_numpy(seq["sky"])
+    return (pred, depth, valid, torch.from_numpy(seq["intrinsics"]).float(),
+            torch.from_numpy(seq["extrinsics"]).float())
+
+
+def evaluate(model: Any, sequences: list[dict], s: DemoSettings, label: str) -> dict[str, float]:
+    """AbsRel, δ1 and TAE of ``model`` on whole held-out sequences (windowed inference)."""
+    from tqdm import tqdm
+
     from gemdepth.metrics import build_metrics
 
-    window, overlap, interp = s.window
     metrics = build_metrics(list(METRIC_NAMES), max_depth=s.max_eval_depth)
     model.eval()
     for seq in tqdm(sequences, desc=f"evaluating {label}", unit="seq", dynamic_ncols=True):
-        with torch.inference_mode():
-            results = list(infer_video(model, list(seq["rgb"]), input_size=min(s.size), window=window,
-                                       overlap=overlap, interp=interp, device="cpu"))
-        pred = torch.from_numpy(np.stack([r.depth for r in results])).float()
-        depth = torch.from_numpy(seq["depth"]).float()
-        valid = depth > 0
-        if seq.get("sky") is not None:
-            valid &= ~torch.from_numpy(seq["sky"])
-        metrics.update(pred, depth, valid, torch.from_numpy(seq["intrinsics"]).float(),
-                       torch.from_numpy(seq["extrinsics"]).float(), name=seq["meta"]["sequence"])
+        metrics.update(*predict_sequence(model, seq, s.window), name=seq["meta"]["sequence"])
     return {k: float(v) for k, v in metrics.compute().items()}
 
 

@@ -55,14 +55,13 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
-from gemdepth.data.codecs import png16_rows, png_grey, png_mask
+from gemdepth.data.codecs import png_mask
 from gemdepth.data.remote import RemoteOptions, is_url, parent_url
 from gemdepth.data.schema import ClipError
 from gemdepth.data.shards import (
     ChecksumError,
     RemoteShardError,
     ShardError,
-    check_depth_png,
     decode_depth_bits,
     decode_sample,
     iter_raw_samples,
@@ -98,19 +97,6 @@ _FLOAT16_MAX_BITS = 0x7BFF  # bit pattern of float16's largest finite value (655
 _FLOAT16_NEGATIVE_ZERO = 0x8000
 _NORM_SCALE = torch.from_numpy(1.0 / (255.0 * IMAGENET_STD))[:, None, None]
 _NORM_SHIFT = torch.from_numpy(-IMAGENET_MEAN / IMAGENET_STD)[:, None, None]
-
-
-def _fast_depth_bits(data: bytes, where: tuple[str, str, str]) -> np.ndarray:
-    """:func:`decode_depth_bits`, faster, same values: None/Up-filtered PNGs (what the shard
-    writer makes) through :func:`png16_rows`, as a big-endian view to crop before converting;
-    any other 16-bit PNG through PIL."""
-    check_depth_png(data, where)  # 16-bit greyscale only: an 8-bit PNG is no float16 depth
-    try:
-        rows = png16_rows(data)
-        return rows if rows is not None else png_grey(data)
-    except ValueError as exc:
-        raise ShardError(f"undecodable image ({exc})", shard=where[0], key=where[1],
-                         field=where[2]) from exc
 
 
 #: A loader process's glibc settings: buffers up to this size come from the heap, and this much
@@ -476,12 +462,12 @@ class ClipStream(IterableDataset):
                                  shard=shard, key=key, field=field)
             return crop_nearest(arr, box, mirror=flip)
 
-        dec_depth, dec_mask = ((_fast_depth_bits, _fast_mask) if self.fast_decode
-                               else (decode_depth_bits, _decode_mask))
+        dec_mask = _fast_mask if self.fast_decode else _decode_mask
         codec = clip.get("depth_codec", "png16")
-        if codec != "png16":  # raw16/zlib16: a view of the bits; the crop reads only its pixels
-            def dec_depth(p: bytes, where: tuple[str, str, str]) -> np.ndarray:
-                return decode_depth_bits(p, where, codec, box.src)
+
+        def dec_depth(p: bytes, where: tuple[str, str, str]) -> np.ndarray:
+            return decode_depth_bits(p, where, codec, box.src)  # a view: cropped before converting
+
         bits = np.stack(self._map(lambda p: sized(dec_depth(p, (shard, key, "depth")), "depth")
                                   .astype(np.uint16, copy=False), clip["depth"]))
         if not _finite_non_negative(bits):

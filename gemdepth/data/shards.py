@@ -809,10 +809,12 @@ def check_depth_png(data: bytes, where: tuple[str, str, str]) -> None:
 
 def decode_depth_bits(data: bytes, where: tuple[str, str, str] = ("?", "?", "depth"),
                       codec: str = "png16", shape: tuple[int, int] | None = None) -> np.ndarray:
-    """The uint16 float16-bit patterns of a depth payload (crop these first, then
-    :func:`bits_to_depth`, to convert only the pixels in use). ``png16``: anything but a 16-bit
-    greyscale PNG raises :class:`ShardError`; ``raw16``/``zlib16`` need the frame's ``shape``
-    ``(H, W)`` and give a read-only little-endian view (a wrong size raises)."""
+    """The uint16 float16-bit patterns of a depth payload, native or big-endian (crop these
+    first, then :func:`bits_to_depth` or ``.astype(np.uint16)``, to convert only the pixels in
+    use). ``png16``: anything but a 16-bit greyscale PNG raises :class:`ShardError`; the shard
+    writer's PNGs come as a big-endian view (:func:`~gemdepth.data.codecs.png16_rows`, no
+    libpng), others through PIL, damaged image data raise; ``raw16``/``zlib16`` need the
+    frame's ``shape`` ``(H, W)`` and give a read-only little-endian view (a wrong size raises)."""
     if codec != "png16":
         if shape is None:
             raise ShardError(f"a {codec} depth payload needs the clip's image size to decode",
@@ -829,7 +831,7 @@ def decode_depth_bits(data: bytes, where: tuple[str, str, str] = ("?", "?", "dep
         raise ShardError(f"undecodable image ({exc})", shard=where[0], key=where[1],
                          field=where[2]) from exc
     if rows is not None:
-        return rows.astype(np.uint16)
+        return rows  # big-endian: crop first, the conversion reads only the pixels kept
     bits = _decode_image(data, where)
     if bits.dtype != np.uint16:  # PIL may widen 16-bit PNGs to int32 ("I" mode)
         bits = bits.astype(np.uint16)

@@ -46,33 +46,23 @@ def evaluate_model(model: Any, sequences: Sequence[dict], metrics: Sequence[str]
 
     ``tae_curve`` is the per-pair TAE averaged over the sequences (index k: pair k → k+1).
     """
-    from gemdepth.inference import infer_video
+    from gemdepth.demo import predict_sequence
     from gemdepth.metrics import build_metrics
     from gemdepth.training.task import window_settings
 
-    win, overlap, interp = window_settings(window)
+    settings = window_settings(window)
     collection = build_metrics(list(metrics), max_depth=max_depth)
     per_sequence: dict[str, dict[str, float]] = {}
     curves = []
     model.eval()
     for seq in sequences:
-        height, width = seq["rgb"].shape[1:3]
-        with torch.inference_mode():
-            results = list(infer_video(model, list(seq["rgb"]), input_size=min(height, width), window=win,
-                                       overlap=overlap, interp=interp, device="cpu"))
-        pred = torch.from_numpy(np.stack([r.depth for r in results])).float()
-        depth = torch.from_numpy(seq["depth"]).float()
-        valid = depth > 0
-        if seq.get("sky") is not None:
-            valid &= ~torch.from_numpy(seq["sky"])
-        intr = torch.from_numpy(seq["intrinsics"]).float()
-        extr = torch.from_numpy(seq["extrinsics"]).float()
+        tensors = predict_sequence(model, seq, settings)
         name = seq["meta"]["sequence"]
         one = build_metrics(list(metrics), max_depth=max_depth)
-        one.update(pred, depth, valid, intr, extr, name=name)
+        one.update(*tensors, name=name)
         per_sequence[name] = {k: float(v) for k, v in one.compute().items()}
-        collection.update(pred, depth, valid, intr, extr, name=name)
-        curves.append(tae_curve(pred, depth, valid, intr, extr, max_depth))
+        collection.update(*tensors, name=name)
+        curves.append(tae_curve(*tensors, max_depth))
     pairs = max((len(c) for c in curves), default=0)
     curve = []
     for k in range(pairs):

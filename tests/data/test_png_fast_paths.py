@@ -3,7 +3,7 @@
 ``encode_png16``/``encode_png_mask`` must write standard PNGs (PIL and libpng read them back
 bit for bit); ``png16_rows`` must give libpng's values for None/Up-filtered 16-bit greyscale PNGs
 from any writer and step aside (``None``) for everything else, so that the datamodule's
-``_fast_depth_bits`` still returns PIL's values or a ``ShardError`` naming the sample. The
+``decode_depth_bits`` still returns PIL's values or a ``ShardError`` naming the sample. The
 float16 helpers of ``ClipStream.process`` are checked on every bit pattern, and the mirrored
 crop / batch-of-one changes against flipping and stacking the unflipped results.
 
@@ -41,12 +41,11 @@ from gemdepth.data.codecs import (
 from gemdepth.data.datamodule import (
     ClipStream,
     VideoDataModule,
-    _fast_depth_bits,
     _fast_mask,
     _finite_non_negative,
     _float16_bits_to_float32,
 )
-from gemdepth.data.shards import ShardError, iter_raw_samples
+from gemdepth.data.shards import ShardError, decode_depth_bits, iter_raw_samples
 from gemdepth.data.synthetic import SynthConfig, make_synthetic_corpus
 from gemdepth.data.transforms import crop_nearest, flip_intrinsics, plan_crop
 
@@ -189,7 +188,7 @@ def test_png16_rows_decodes_mixed_none_and_up_rows_of_other_writers(first) -> No
             got = png16_rows(data)
             assert got is not None
             np.testing.assert_array_equal(got.astype(np.uint16), want)
-            np.testing.assert_array_equal(_fast_depth_bits(data, _WHERE).astype(np.uint16), want)
+            np.testing.assert_array_equal(decode_depth_bits(data, _WHERE).astype(np.uint16), want)
 
 
 def _adam7(bits: np.ndarray) -> bytes:
@@ -207,7 +206,7 @@ def _adam7(bits: np.ndarray) -> bytes:
 
 def test_png16_rows_leaves_other_filters_and_interlacing_to_libpng() -> None:
     """Sub/Average/Paeth rows, Adam7 interlacing or a Pillow-written PNG: ``png16_rows`` says
-    ``None`` (unless every row happens to be None/Up) and ``_fast_depth_bits`` gives PIL's
+    ``None`` (unless every row happens to be None/Up) and ``decode_depth_bits`` gives PIL's
     values through libpng."""
     shape = (23, 31)
     bits = _random_bits(shape, 5)
@@ -229,7 +228,7 @@ def test_png16_rows_leaves_other_filters_and_interlacing_to_libpng() -> None:
             np.testing.assert_array_equal(png16_rows(data).astype(np.uint16), want, err_msg=name)
         else:
             assert png16_rows(data) is None, name
-        got = _fast_depth_bits(data, _WHERE)
+        got = decode_depth_bits(data, _WHERE)
         assert got.dtype == np.uint16, name
         np.testing.assert_array_equal(got, want, err_msg=name)
 
@@ -241,7 +240,7 @@ def test_png16_rows_refuses_other_bit_depths_and_the_loader_names_the_sample() -
     assert png16_rows(data) is None
     assert png16_rows(encode_png_mask(grey8 > 100)) is None  # 1-bit
     with pytest.raises(ShardError, match=_WHERE_RE + r": depth PNG is 8-bit greyscale"):
-        _fast_depth_bits(data, _WHERE)
+        decode_depth_bits(data, _WHERE)
 
 
 def _damaged(name: str) -> tuple[bytes, np.ndarray]:
@@ -293,7 +292,7 @@ def test_damaged_png16_is_refused_with_the_sample_named(name) -> None:
     else:
         with pytest.raises(ValueError, match="damaged PNG"):
             png16_rows(data)
-    code, result = _in_child(_fast_depth_bits, data, _WHERE)
+    code, result = _in_child(decode_depth_bits, data, _WHERE)
     assert code == 0, f"{name}: the decoding process died (exit code {code})"
     kind, value = result
     assert kind == "raised" and isinstance(value, ShardError), (name, result)
@@ -307,7 +306,7 @@ def test_png16_without_iend_is_left_to_libpng_which_reads_it() -> None:
     data, bits = _damaged("no IEND")
     assert png16_rows(data) is None
     np.testing.assert_array_equal(_pil(data), bits)
-    np.testing.assert_array_equal(_fast_depth_bits(data, _WHERE), bits)
+    np.testing.assert_array_equal(decode_depth_bits(data, _WHERE), bits)
 
 
 @pytest.mark.parametrize("field, payload", [
