@@ -61,15 +61,49 @@ class FeatureFusionBlock(nn.Module):
             self.resConfUnit1 = ResidualConvUnit(features, use_bn)
         self.resConfUnit2 = ResidualConvUnit(features, use_bn)
 
-    def forward(self, x: Tensor, skip: Tensor | None = None, size: Sequence[int] | None = None) -> Tensor:
+    def fuse(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        """The part before the resampling: ``x (+ resConfUnit1(skip))`` refined by ``resConfUnit2``."""
         if skip is not None:
             x = x + self.resConfUnit1(skip)
-        x = self.resConfUnit2(x)
+        return self.resConfUnit2(x)
+
+    def forward(self, x: Tensor, skip: Tensor | None = None, size: Sequence[int] | None = None) -> Tensor:
+        x = self.fuse(x, skip)
         if size is None:
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
         else:
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
         return self.out_conv(x)
+
+
+def bilinear_rows(x: Tensor, size: tuple[int, int], start: int, stop: int) -> Tensor:
+    """Rows ``start:stop`` of ``F.interpolate(x, size, mode="bilinear", align_corners=True)``.
+
+    Hand-written because ``F.interpolate`` cannot compute a band of its output rows: source
+    coordinates ``i · (in - 1) / (out - 1)`` in float32 and the weights as PyTorch's CPU/CUDA kernels
+    derive them, blended in float32 (the input's dtype again at the end, as ``F.interpolate`` rounds).
+    """
+    in_h, in_w = x.shape[-2:]
+    out_h, out_w = size
+
+    def taps(n_in: int, n_out: int, first: int, last: int) -> tuple[Tensor, Tensor, Tensor]:
+        one = torch.ones((), dtype=torch.float32, device=x.device)
+        scale = (one * (n_in - 1)) / (n_out - 1) if n_out > 1 else one * 0
+        src = torch.arange(first, last, dtype=torch.float32, device=x.device) * scale
+        i0 = src.floor().long().clamp_(max=n_in - 1)
+        lam = (src - i0).clamp_(0, 1)
+        return i0, (i0 + 1).clamp_(max=n_in - 1), lam
+
+    h0, h1, lh = taps(in_h, out_h, start, stop)
+    w0, w1, lw = taps(in_w, out_w, 0, out_w)
+
+    def across(rows: Tensor) -> Tensor:  # (N, C, r, in_w) → (N, C, r, out_w)
+        band = x.index_select(-2, rows).float()
+        return (1 - lw) * band.index_select(-1, w0) + lw * band.index_select(-1, w1)
+
+    lh = lh[:, None]
+    out = (1 - lh) * across(h0) + lh * across(h1)
+    return out.to(x.dtype)
 
 
 def _apply(hooks: Mapping[str, Hook] | None, name: str, x: Tensor) -> Tensor:
@@ -167,13 +201,20 @@ class DPTHead(nn.Module):
         self.scratch = scratch
 
     # ------------------------------------------------------------------ per-frame pieces
-    def level(self, i: int, tokens: Tensor, cls: Tensor, patch_h: int, patch_w: int) -> Tensor:
-        """Token map ``i`` → its image-like map (4×, 2×, 1× or ½× the patch grid)."""
+    def project(self, i: int, tokens: Tensor, cls: Tensor, patch_h: int, patch_w: int) -> Tensor:
+        """Token map ``i`` ``(N, h·w, C)`` → its projected map ``(N, out_channels[i], h, w)`` (readout
+        and 1×1 projection: per token, so it may run as soon as the tokens exist)."""
         if self.use_clstoken:
             readout = cls.unsqueeze(1).expand_as(tokens)
             tokens = self.readout_projects[i](torch.cat([tokens, readout], dim=-1))
         x = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], patch_h, patch_w)
-        return self.resize_layers[i](self.projects[i](x))
+        return self.projects[i](x)
+
+    def level(self, i: int, tokens: Tensor, cls: Tensor, patch_h: int, patch_w: int) -> Tensor:
+        """Token map ``i`` → its image-like map (4×, 2×, 1× or ½× the patch grid). ``tokens`` may
+        already be :meth:`project`'s output (4-D; the model's inference ``encode`` does that early)."""
+        x = tokens if tokens.dim() == 4 else self.project(i, tokens, cls, patch_h, patch_w)
+        return self.resize_layers[i](x)
 
     def reassemble(self, features: Features, patch_h: int, patch_w: int) -> list[Tensor]:
         """Token maps → 4 image-like maps at 4×, 2×, 1× and ½× the patch grid."""
@@ -181,19 +222,82 @@ class DPTHead(nn.Module):
 
     def output(self, path_1: Tensor, patch_h: int, patch_w: int) -> Tensor:
         """Last fused map → one-channel depth at the network's input size (14 px per patch)."""
-        out = self.scratch.output_conv1(path_1)
-        out = F.interpolate(out, size=(patch_h * 14, patch_w * 14), mode="bilinear", align_corners=True)
-        return self.scale_output(self.scratch.output_conv2(out))
+        return self.upsample_output(self.scratch.output_conv1(path_1), patch_h, patch_w)
+
+    def output_convs(self, x: Tensor) -> Tensor:
+        """``output_conv2`` (and the metric scaling) on the upsampled map or a band of its rows."""
+        return self.scale_output(self.scratch.output_conv2(x))
+
+    def band_rows(self, x: Tensor, height: int, width: int, channels: int) -> int:
+        """Output rows per band of :meth:`resample_in_bands` (all of them without a budget or with
+        autograd): a band holds ``channels`` floats per output pixel (resampled map, convs after it)."""
+        if self.max_memory is None or torch.is_grad_enabled():
+            return height
+        per_row = x.shape[0] * width * x.element_size() * channels
+        return rows_per_chunk(height, per_row, self.max_memory, min_rows=16)
+
+    def resample_in_bands(self, x: Tensor, size: tuple[int, int], pointwise: Callable[[Tensor], Tensor] | None,
+                          convs: Callable[[Tensor], Tensor], halo: int, channels: int) -> Tensor:
+        """``convs(pointwise(F.interpolate(x, size, bilinear, align_corners)))``, in bands of output rows.
+
+        At the network's full size the resampled maps are the largest tensors of the head (ViT-L,
+        518×686: 119 MB per frame for ``path_1``'s 256 channels at 8× the patch grid, 182 MB for
+        the 128 channels at 14×); in inference they exist ``band_rows`` rows at a time, each band
+        with the ``halo`` rows its 3×3 convolutions need (zeros beyond the image's own border, as the
+        convolutions' padding: the per-pixel ``pointwise`` stage runs before that padding).
+        Same numbers as the whole map (bilinear weights as PyTorch's). ``channels`` sizes the bands.
+        """
+        height, width = size
+        band = self.band_rows(x, height, width, channels)
+        if band >= height:
+            y = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+            return convs(y if pointwise is None else pointwise(y))
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        out: Tensor | None = None
+        for start in range(0, height, band):
+            stop = min(height, start + band)
+            lo, hi = max(0, start - halo), min(height, stop + halo)
+            tile = bilinear_rows(x, size, lo, hi).contiguous(memory_format=fmt)
+            if pointwise is not None:
+                tile = pointwise(tile)
+            top, bottom = lo - (start - halo), (stop + halo) - hi  # rows beyond the image's border
+            if top or bottom:
+                tile = F.pad(tile, (0, 0, top, bottom)).contiguous(memory_format=fmt)
+            y = convs(tile)[..., halo:halo + stop - start, :]
+            del tile
+            if out is None:
+                out = torch.empty((*y.shape[:2], height, width), dtype=y.dtype, device=y.device, memory_format=fmt)
+            out[..., start:stop, :] = y
+        assert out is not None
+        return out
+
+    def upsample_output(self, x: Tensor, patch_h: int, patch_w: int) -> Tensor:
+        """``output_conv1``'s map → bilinear to the network's input size → :meth:`output_convs`,
+        in bands of rows (:meth:`resample_in_bands`; ``output_conv2`` starts with its 3×3 conv)."""
+        return self.resample_in_bands(x, (patch_h * 14, patch_w * 14), None, self.output_convs, halo=1,
+                                      channels=3 * x.shape[1] + 2 * HEAD_FEATURES_2 + 2)
 
     def scale_output(self, out: Tensor) -> Tensor:
         """Metric DAv2 heads: sigmoid output → metres (× ``max_depth``); identity otherwise."""
         return out if self.max_depth is None else out * self.max_depth
 
-    def _low(self, f3: tuple[Tensor, Tensor], f4: tuple[Tensor, Tensor], patch_h: int, patch_w: int
+    def skip_3(self, f3: tuple[Tensor, Tensor], patch_h: int, patch_w: int, frames: int = 1) -> Tensor:
+        """Level 3 (index 2) → ``rn3``, its ``features``-wide skip map for ``refinenet3``.
+
+        It depends on that level alone, so when no plug-in reads the level the model computes it
+        before the plug-ins run and passes it to :meth:`forward` (``skip_3``): the clip then holds
+        ``features`` channels there instead of the level's ``out_channels[2]`` (ViT-L: 256 vs 1024).
+        """
+        rows = f3[0].shape[0]
+        chunk = self._chunk(rows, patch_h, patch_w, f3[0].dtype, full=False)
+        return self._map(lambda t, c: self.scratch.layer3_rn(self.level(2, t, c, patch_h, patch_w)), rows, chunk,
+                         *f3)
+
+    def _low(self, f3: tuple[Tensor, Tensor] | Tensor, f4: tuple[Tensor, Tensor], patch_h: int, patch_w: int
              ) -> tuple[Tensor, Tensor]:
-        """Levels 3 and 4 → ``(path_4, rn3)`` at the patch grid."""
+        """Levels 3 and 4 → ``(path_4, rn3)`` at the patch grid (``f3`` may be :meth:`skip_3`'s ``rn3``)."""
         s = self.scratch
-        rn3 = s.layer3_rn(self.level(2, *f3, patch_h, patch_w))
+        rn3 = f3 if isinstance(f3, Tensor) else s.layer3_rn(self.level(2, *f3, patch_h, patch_w))
         path_4 = s.refinenet4(s.layer4_rn(self.level(3, *f4, patch_h, patch_w)), size=(patch_h, patch_w))
         return path_4, rn3
 
@@ -207,9 +311,15 @@ class DPTHead(nn.Module):
         path_2 = s.refinenet2(path_3, rn2, size=(4 * patch_h, 4 * patch_w))
         del rn2, path_3
         rn1 = s.layer1_rn(self.level(0, *f1, patch_h, patch_w).contiguous(memory_format=fmt))
-        path_1 = s.refinenet1(path_2, rn1)
+        if not output:
+            return s.refinenet1(path_2, rn1)
+        fused = s.refinenet1.fuse(path_2, rn1)  # at 4× the patch grid
         del rn1, path_2
-        return self.output(path_1, patch_h, patch_w) if output else path_1
+        # refinenet1's ×2 resampling and out_conv (path_1, the widest map) and output_conv1, in bands
+        out = self.resample_in_bands(fused, (8 * patch_h, 8 * patch_w), s.refinenet1.out_conv, s.output_conv1,
+                                     halo=1, channels=4 * self.features + self.features // 2)
+        del fused
+        return self.upsample_output(out, patch_h, patch_w)
 
     # ------------------------------------------------------------------ memory plan
     def bytes_per_frame(self, patch_h: int, patch_w: int, element_size: int = 4, full: bool = True) -> int:
@@ -271,6 +381,9 @@ class DPTHead(nn.Module):
     ) -> Tensor:
         """``features``: 4 × ``(tokens (B·T, h·w, C), cls (B·T, C))`` → ``(B·T, 1, 14h, 14w)``.
 
+        Any level's tokens may come as :meth:`project`'s map, and level 3 (index 2) as
+        :meth:`skip_3`'s ``rn3`` (a bare tensor instead of the pair): what the model's inference
+        path computes early for the levels no plug-in reads.
         ``release=True`` hands ``features`` over: the list is emptied and each level is dropped
         as soon as the head is done with it (levels 3 and 4 before the full-resolution stages),
         so a caller that keeps no other reference gets that memory back early.

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -216,14 +217,39 @@ class VideoDepthModel(nn.Module):
 
         return {position: chain(plugins) for position, plugins in chains.items()}
 
+    def early_projected_levels(self) -> tuple[int, ...]:
+        """Encoder levels that no early plug-in reads: in inference, :meth:`encode` hands them to
+        the head's per-level projection as each frame slice is encoded (ViT-S level 0: 384 → 48
+        channels), so a clip never holds their full-width tokens. Not in training, where the
+        projection's input is kept for backward anyway."""
+        project = getattr(self.head, "project", None)
+        if project is None or torch.is_grad_enabled():
+            return ()
+        read = {level for plugin in self.plugins.values() if plugin.position == "early"
+                for level in getattr(plugin, "token_levels", range(4))}
+        return tuple(level for level in range(4) if level not in read)
+
     def encode(self, video: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Per-frame encoder outputs of ``video (B, T, 3, H, W)``: 4 × ``(tokens (B·T, h·w, C), cls (B·T, C))``.
 
         The encoder sees every frame on its own, so these rows can be cached per frame and
         concatenated for a later clip (the windowed inference does, to run each frame once).
+        In inference the levels of :meth:`early_projected_levels` come as the head's projected
+        maps ``(B·T, C_i, h, w)`` instead (the head takes either form; same numbers).
         """
         self.check_input(video)
-        return self.encoder(video.flatten(0, 1))
+        levels = self.early_projected_levels()
+        if not levels:
+            return self.encoder(video.flatten(0, 1))
+        patch_h, patch_w = video.shape[-2] // PATCH_SIZE, video.shape[-1] // PATCH_SIZE
+
+        def project(flat: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            out = list(flat)
+            for i in levels:
+                out[2 * i] = self.head.project(i, flat[2 * i], flat[2 * i + 1], patch_h, patch_w)
+            return tuple(out)
+
+        return self.encoder(video.flatten(0, 1), per_slice=project)
 
     def decode(self, encoded: list[tuple[Tensor, Tensor]], batch: int, frames: int, height: int, width: int,
                release: bool = False) -> DepthOutput:
@@ -235,11 +261,17 @@ class VideoDepthModel(nn.Module):
         peak of a window by up to three levels of tokens (``forward`` and the windowed inference do).
         """
         patch_h, patch_w = height // PATCH_SIZE, width // PATCH_SIZE
-        if len(encoded) != 4 or encoded[0][0].shape[:2] != (batch * frames, patch_h * patch_w):
+
+        def fits(tokens: Tensor) -> bool:  # (B·T, h·w, C) tokens or a projected (B·T, C_i, h, w) map
+            grid = tokens.shape[1:2] == (patch_h * patch_w,) if tokens.dim() == 3 else tokens.shape[-2:] == (
+                patch_h, patch_w)
+            return tokens.shape[0] == batch * frames and grid
+
+        if len(encoded) != 4 or not all(fits(t) for t, _ in encoded):
             raise ValueError(
                 f"decode expects 4 (tokens (B·T, h·w, C), cls) pairs with B·T = {batch * frames} and "
-                f"h·w = {patch_h * patch_w} (from {height}x{width}); got {len(encoded)} pairs, tokens of shape "
-                f"{tuple(encoded[0][0].shape) if encoded else None}. Pass what encode() returned."
+                f"h·w = {patch_h * patch_w} (from {height}x{width}); got {len(encoded)} pairs, tokens of shapes "
+                f"{[tuple(t.shape) for t, _ in encoded]}. Pass what encode() returned."
             )
         feats = VideoFeatures(
             tokens=[t for t, _ in encoded],
@@ -253,10 +285,21 @@ class VideoDepthModel(nn.Module):
         )
         if release:
             encoded.clear()
+        skip_3 = None
+        if release and 2 in self.early_projected_levels() and hasattr(self.head, "skip_3"):
+            # level 3 → the head's skip map before the plug-ins run (narrower: ViT-L 1024 → 256 channels)
+            feats.tokens = list(feats.tokens)
+            level_3 = (feats.tokens[2], feats.cls[2])
+            feats.tokens[2] = feats.cls[2]  # a placeholder no plug-in reads (token_levels)
+            skip_3 = self.head.skip_3(level_3, patch_h, patch_w, frames=frames)
+            del level_3
         for plugin in self.plugins.values():
             if plugin.position == "early":
                 feats = plugin(feats)
-        levels = list(zip(feats.tokens, feats.cls))
+        levels: list[Any] = list(zip(feats.tokens, feats.cls))
+        if skip_3 is not None:
+            levels[2] = skip_3
+            del skip_3
         if release:
             feats.tokens, feats.cls = [], []
         depth = self.head(levels, patch_h, patch_w, frames=frames, hooks=self._hooks(batch, frames), release=release)

@@ -207,11 +207,17 @@ class TemporalDPTHead(DPTHead):
             [TemporalModule(ch, num_frames) for ch in (c[2], c[3], features, features)]
         )
 
-    def output(self, path_1: Tensor, patch_h: int, patch_w: int) -> Tensor:
-        out = self.scratch.output_conv1(path_1)
-        out = F.interpolate(out, size=(patch_h * 14, patch_w * 14), mode="bilinear", align_corners=True)
-        with torch.autocast(device_type=out.device.type, enabled=False):
-            depth = self.scale_output(self.scratch.output_conv2(out.float()))
+    def skip_3(self, f3: tuple[Tensor, Tensor], patch_h: int, patch_w: int, frames: int = 1) -> Tensor:
+        """Level 3 (index 2) → its motion module over the clip → ``layer3_rn`` (see :meth:`DPTHead.skip_3`)."""
+        rows = f3[0].shape[0]
+        low = self._chunk(rows, patch_h, patch_w, f3[0].dtype, full=False)
+        layer_3 = self._map(lambda t, c: self.level(2, t, c, patch_h, patch_w), rows, low, *f3)
+        layer_3 = self._whole(self.motion_modules[0], layer_3, frames)
+        return self._map(self.scratch.layer3_rn, rows, low, layer_3)
+
+    def output_convs(self, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            depth = self.scale_output(self.scratch.output_conv2(x.float()))
         return depth  # float32 (the official casts back to the autocast dtype: bf16 rounding, ≈4e-3)
 
     def forward(
@@ -230,19 +236,13 @@ class TemporalDPTHead(DPTHead):
         rows = features[0][0].shape[0]
         low = self._chunk(rows, patch_h, patch_w, features[0][0].dtype, full=False)
         mm, s = self.motion_modules, self.scratch
-        levels = lambda f3, f4: (self.level(2, *f3, patch_h, patch_w), self.level(3, *f4, patch_h, patch_w))  # noqa: E731
-        layer_3, layer_4 = self._map(levels, rows, low, features[2], features[3])
+        rn3 = features[2] if isinstance(features[2], Tensor) else self.skip_3(features[2], patch_h, patch_w, frames)
+        layer_4 = self._map(lambda t, c: self.level(3, t, c, patch_h, patch_w), rows, low, *features[3])
         if release:
             features[2] = features[3] = None  # type: ignore[index]  # done with levels 3 and 4
-        layer_3 = self._whole(mm[0], layer_3, frames)
         layer_4 = self._whole(mm[1], layer_4, frames)
-
-        def fuse_4(l3: Tensor, l4: Tensor) -> tuple[Tensor, Tensor]:
-            rn3 = s.layer3_rn(l3)
-            return s.refinenet4(s.layer4_rn(l4), size=(patch_h, patch_w)), rn3
-
-        path_4, rn3 = self._map(fuse_4, rows, low, layer_3, layer_4)
-        del layer_3, layer_4
+        path_4 = self._map(lambda l4: s.refinenet4(s.layer4_rn(l4), size=(patch_h, patch_w)), rows, low, layer_4)
+        del layer_4
         path_4 = _apply(hooks, "mid", self._whole(mm[2], path_4, frames))
         path_3 = self._map(lambda p, r: s.refinenet3(p, r, size=(2 * patch_h, 2 * patch_w)), rows, low, path_4, rn3)
         del path_4, rn3

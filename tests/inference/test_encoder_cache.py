@@ -50,7 +50,9 @@ def test_forward_is_decode_of_encode(mini_model) -> None:
         whole = mini_model(video)
         encoded = mini_model.encode(video)
         split = mini_model.decode(encoded, 2, 5, 28, 42)
-    assert len(encoded) == 4 and encoded[0][0].shape == (10, 2 * 3, 64) and encoded[0][1].shape == (10, 64)
+    # the last level as tokens (GEM/ASTT read it), the others as the head's projected maps (inference)
+    assert len(encoded) == 4 and encoded[3][0].shape == (10, 2 * 3, 64) and encoded[0][1].shape == (10, 64)
+    assert encoded[0][0].shape == (10, mini_model.head.out_channels[0], 2, 3)
     torch.testing.assert_close(split.depth, whole.depth, rtol=0, atol=0)
     torch.testing.assert_close(split.extrinsics, whole.extrinsics, rtol=0, atol=0)
     with pytest.raises(ValueError, match="B·T = 6"):

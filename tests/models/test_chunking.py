@@ -245,8 +245,9 @@ def test_forward_frees_levels_3_and_4_before_the_full_resolution_stages(host: st
     assert len(encoded) == 4 and torch.equal(kept, depth)
     if host == "vda":  # levels 3 and 4 are gone; 1 and 2 are still needed at full resolution
         assert alive_at_output[0] == [True, True, False, False]
-    else:  # DAv2 without hooks runs every level per frame slice: all four stay until the end
-        assert alive_at_output[0] == [True, True, True, True]
+    else:  # DAv2 without hooks runs every level per frame slice: levels 1, 2, 4 stay until the end,
+        # level 3 was replaced by its skip map (skip_3) before the head ran
+        assert alive_at_output[0] == [True, True, False, True]
 
 
 def test_low_memory_mode_returns_freed_tensors_to_the_os() -> None:
@@ -274,3 +275,124 @@ def test_low_memory_mode_returns_freed_tensors_to_the_os() -> None:
         pytest.skip("mallopt is glibc-only")
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.split()[-1]) >= 150  # of the 180 MB freed (glibc's heap would keep them: see below)
+
+
+@pytest.mark.parametrize("query", [False, True])
+@pytest.mark.parametrize("budget_heads", [1, 2, 3, 6])
+def test_attention_in_head_groups_matches_the_plain_block(budget_heads: int, query: bool) -> None:
+    """A clip-wide attention whose keys/values exceed the budget runs its heads in groups: a budget
+    of ``budget_heads`` heads' keys and values gives ceil(6 / budget_heads) groups, each holding only
+    its own heads' keys and values, and the same numbers as the plain (one-call) block, with
+    qk-norm, 2-D RoPE and LayerScale, for all rows or for a few query rows (GEM's camera rows)."""
+    from gemdepth.models.plugins.attention import Block
+    from gemdepth.models.plugins.rope import grid_positions, rope_cos_sin
+
+    torch.manual_seed(0)
+    block = Block(48, 6, qk_norm=True, init_values=0.5).eval()  # head_dim 8
+    frames, grid = 3, (4, 5)
+    x = torch.randn(2, frames * 20, 48)
+    rope = tuple(t.repeat(frames, 1) for t in rope_cos_sin(grid_positions(*grid), 8, 100.0))
+    rows = torch.tensor([0, 20, 40, 7]) if query else None
+    kv_shapes: list[tuple[int, ...]] = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        kv_shapes.append(tuple(k.shape))
+        return real_sdpa(q, k, v, *args, **kwargs)
+
+    with torch.inference_mode():
+        block.max_memory = None
+        ref = block(x, rope, rows)
+        # keys + values (float32, head_dim 8, 60 rows) of budget_heads heads: the budget also slices
+        # the two sequences one at a time, except with query rows (one call on both)
+        block.max_memory = budget_heads * (2 if query else 1) * 2 * 60 * 8 * 4
+        torch.nn.functional.scaled_dot_product_attention = spy
+        try:
+            out = block(x, rope, rows)
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = real_sdpa
+    assert rel(out, ref) <= 1e-6
+    heads_per_call = [shape[1] for shape in kv_shapes]
+    assert max(heads_per_call) == min(budget_heads, 6) and sum(heads_per_call) >= 6
+
+
+@pytest.mark.parametrize(("in_hw", "out_hw"), [((296, 392), (518, 686)), ((5, 7), (70, 98)), ((1, 1), (14, 14)),
+                                               ((8, 10), (14, 14))])
+def test_bilinear_rows_are_rows_of_interpolate(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+    from gemdepth.models.dpt import bilinear_rows
+
+    x = torch.randn(2, 3, *in_hw, generator=torch.Generator().manual_seed(0))
+    ref = torch.nn.functional.interpolate(x, size=out_hw, mode="bilinear", align_corners=True)
+    for start, stop in [(0, out_hw[0]), (3, out_hw[0] // 2 + 1), (out_hw[0] - 5, out_hw[0])]:
+        band = bilinear_rows(x, out_hw, start, stop)
+        assert band.shape == (2, 3, stop - start, out_hw[1])
+        assert rel(band, ref[..., start:stop, :]) <= 1e-6
+
+
+@pytest.mark.parametrize("host", ["dav2", "vda"])
+def test_full_size_output_runs_in_bands_of_rows(host: str) -> None:
+    """With a small budget the resampled full-size map and the convolutions after it exist a band of
+    rows at a time (each band with its 3×3 halo), and the depth equals the one-call head's."""
+    model = mini(host, [])
+    video = torch.randn(1, 3, 3, 112, 84, generator=torch.Generator().manual_seed(2))
+    heights: list[int] = []
+    handle = model.head.scratch.output_conv2[0].register_forward_hook(
+        lambda mod, inp, out: heights.append(inp[0].shape[-2]))
+    with torch.inference_mode():
+        model.set_max_memory(None)
+        ref = model(video).depth
+        assert heights == [112]
+        heights.clear()
+        model.set_max_memory(1)  # one frame per slice, 16-row bands
+        out = model(video).depth
+    handle.remove()
+    assert heights == [18] * 7 * 3  # 7 bands of 16 rows per frame, each with a row of halo (zeros at the border)
+    assert rel(out, ref) <= 1e-6
+
+
+def test_inference_encode_projects_the_levels_no_plug_in_reads() -> None:
+    """In inference ``encode`` returns levels 1-3 as the head's projected maps (GEM and ASTT read the
+    last level only; without plug-ins all four are projected); with autograd the tokens as they are.
+    ``decode`` takes both and gives the same depth."""
+    model = mini("vda", PLUGIN_SETS["gem+astt"])
+    video = torch.randn(1, 4, 3, 56, 70, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        compact = model.encode(video)
+    assert [tuple(t.shape) for t, _ in compact] == [(4, 32, 4, 5), (4, 32, 4, 5), (4, 64, 4, 5), (4, 20, 64)]
+    with torch.enable_grad():
+        tokens = [(t.detach(), c.detach()) for t, c in model.encode(video)]
+    assert all(t.shape == (4, 20, 64) for t, _ in tokens)
+    with torch.no_grad():
+        a = model.decode(compact, 1, 4, 56, 70).depth
+        b = model.decode(tokens, 1, 4, 56, 70).depth
+    assert rel(a, b) <= 1e-6
+    with torch.no_grad():
+        assert mini("dav2", []).early_projected_levels() == (0, 1, 2, 3)
+        assert mini("vda", PLUGIN_SETS["astt-late"]).early_projected_levels() == (0, 1, 2, 3)
+    with pytest.raises(ValueError, match="decode expects 4"):
+        model.decode(compact[:3], 1, 4, 56, 70)
+
+
+@pytest.mark.parametrize("host", ["dav2", "vda"])
+@pytest.mark.parametrize("plugins", ["none", "gem+astt", "astt-mid"])
+def test_inference_shortcuts_equal_the_autograd_path(host: str, plugins: str) -> None:
+    """Inference projects the unread levels while encoding and turns level 3 into its skip map before
+    the plug-ins run (so the clip never holds that level's wide map while GEM/ASTT work); with autograd
+    none of that happens. Both give the same depth."""
+    model = mini(host, PLUGIN_SETS[plugins])
+    video = torch.randn(1, 5, 3, 56, 70, generator=torch.Generator().manual_seed(4))
+    order: list[str] = []
+    handles = [model.head.scratch.layer3_rn.register_forward_hook(lambda *a: order.append("skip_3"))]
+    handles += [p.register_forward_hook(lambda *a, n=name: order.append(n)) for name, p in model.plugins.items()]
+    with torch.enable_grad():
+        ref = model(video).depth.detach()
+    autograd_order = list(order)
+    order.clear()
+    with torch.inference_mode():
+        out = model(video).depth
+    for h in handles:
+        h.remove()
+    assert rel(out, ref) <= (1e-5 if plugins == "astt-mid" else 1e-6)
+    early = [n for n, p in model.plugins.items() if p.position == "early"]
+    assert autograd_order[: len(early)] == early  # the head (and its skip map) after the plug-ins
+    assert order[0] == "skip_3" and order[1: 1 + len(early)] == early

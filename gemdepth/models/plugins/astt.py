@@ -76,6 +76,8 @@ class ASTT(PlugIn):
     only), ``late_pool`` (8), ``rope_frequency`` (100), ``stochastic_inference`` (False).
     """
 
+    token_levels = (3,)  # at the early position, the last map only
+
     def __init__(
         self,
         dim: int,

@@ -20,8 +20,9 @@ The MLP, LayerScale and DropPath are timm's (numerically identical to the offici
 
 Memory: in inference (eval, no autograd) a block bounds its working memory by ``max_memory``:
 independent sequences (dim 0) run in slices, one long sequence computes its keys/values once and
-its queries in slices (each query row's softmax only needs all keys), and the MLP runs in slices
-of tokens — all row-wise, so the numbers equal the one-call forward.
+its queries in slices (each query row's softmax only needs all keys), in groups of heads when all
+heads' keys and values would not fit the budget, and the MLP runs in slices of tokens — all
+row- and head-wise, so the numbers equal the one-call forward.
 Attention goes through :func:`torch.nn.functional.scaled_dot_product_attention` with the
 default scale ``head_dim ** -0.5`` (what the official passes explicitly).
 """
@@ -81,44 +82,63 @@ class Attention(nn.Module):
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
     def bounded(self, x: Tensor, norm: nn.Module, scale: nn.Module, rope: RopeTables | None, chunk: int,
-                query_rows: Tensor | None = None) -> Tensor:
+                query_rows: Tensor | None = None, group: int | None = None) -> Tensor:
         """``x + scale(attn(norm(x)))`` for all rows (or ``query_rows``), ``chunk`` rows at a time (inference).
 
-        Keys and values are built slice by slice into ``(B, heads, N, D)`` buffers, then each
-        query slice attends to all of them; no full-size normalised input, qkv or RoPE
-        temporaries exist at once. Row-wise, so the numbers equal the one-call forward.
+        Heads run in groups of ``group`` (default: all at once): for each group, keys and values of
+        every row are built slice by slice into ``(B, group, N, D)`` buffers and each query slice
+        attends to them, writing its heads' columns of one ``(B, N, C)`` output; the projection and
+        the residual then go into that same buffer, slice by slice. So at most one group's keys and
+        values exist at a time (a clip-wide attention of ViT-L over 32 frames keeps 2·N·C floats of
+        keys and values otherwise), and no full-size normalised input, qkv or RoPE temporaries
+        exist at all. Row- and head-wise, so the numbers equal the one-call forward.
         """
         b, n, dim = x.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        group = heads if group is None else max(1, min(heads, int(group)))
         w, bias = self.qkv.weight, self.qkv.bias
-        shape = (b, self.num_heads, n, self.head_dim)
-        k, v = x.new_empty(shape), x.new_empty(shape)
         cos = sin = None
         if rope is not None:
             cos, sin = rope[0].to(x.dtype), rope[1].to(x.dtype)
-        for start in range(0, n, chunk):
-            rows = slice(start, min(n, start + chunk))
-            kv = F.linear(norm(x[:, rows]), w[dim:], None if bias is None else bias[dim:])
-            ks, vs = kv.view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            ks = self.k_norm(ks)
-            if cos is not None and sin is not None:
-                ks = apply_rope(ks, cos[..., rows, :], sin[..., rows, :])
-            k[:, :, rows], v[:, :, rows] = ks, vs
-            del kv, ks, vs
-        if query_rows is not None:
-            xq = x[:, query_rows]
-            q = self.q_norm(self._heads(F.linear(norm(xq), w[:dim], None if bias is None else bias[:dim])))
-            if cos is not None and sin is not None:
-                q = apply_rope(q, cos[..., query_rows, :], sin[..., query_rows, :])
-            o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, dim)
-            return xq + scale(self.proj(o))
-        out = torch.empty_like(x)
-        for start in range(0, n, chunk):
-            rows = slice(start, min(n, start + chunk))
-            q = self.q_norm(self._heads(F.linear(norm(x[:, rows]), w[:dim], None if bias is None else bias[:dim])))
-            if cos is not None and sin is not None:
-                q = apply_rope(q, cos[..., rows, :], sin[..., rows, :])
-            o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, dim)
-            out[:, rows] = x[:, rows] + scale(self.proj(o))
+        out_rows = n if query_rows is None else int(query_rows.numel())
+        out = x.new_empty((b, out_rows, dim))
+        for first in range(0, heads, group):
+            g = min(heads, first + group) - first
+            cols = slice(first * head_dim, (first + g) * head_dim)
+            if g == heads:  # one group: the contiguous key/value rows of the qkv weight
+                w_kv = w[dim:]
+                b_kv = None if bias is None else bias[dim:]
+            else:
+                w_kv = torch.cat((w[dim:2 * dim][cols], w[2 * dim:][cols]))
+                b_kv = None if bias is None else torch.cat((bias[dim:2 * dim][cols], bias[2 * dim:][cols]))
+            w_q, b_q = w[:dim][cols], None if bias is None else bias[:dim][cols]
+            k, v = x.new_empty((b, g, n, head_dim)), x.new_empty((b, g, n, head_dim))
+            for start in range(0, n, chunk):
+                rows = slice(start, min(n, start + chunk))
+                kv = F.linear(norm(x[:, rows]), w_kv, b_kv)
+                ks, vs = kv.view(b, -1, 2, g, head_dim).permute(2, 0, 3, 1, 4)
+                ks = self.k_norm(ks)
+                if cos is not None and sin is not None:
+                    ks = apply_rope(ks, cos[..., rows, :], sin[..., rows, :])
+                k[:, :, rows], v[:, :, rows] = ks, vs
+                del kv, ks, vs
+            blocks = [query_rows] if query_rows is not None else [
+                slice(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+            written = 0
+            for rows in blocks:
+                q = F.linear(norm(x[:, rows]), w_q, b_q)
+                q = self.q_norm(q.view(b, -1, g, head_dim).transpose(1, 2))
+                if cos is not None and sin is not None:
+                    q = apply_rope(q, cos[..., rows, :], sin[..., rows, :])
+                o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, g * head_dim)
+                out[:, written:written + o.shape[1], cols] = o
+                written += o.shape[1]
+                del q, o
+            del k, v
+        for start in range(0, out_rows, chunk):
+            rows = slice(start, min(out_rows, start + chunk))
+            residual = x[:, rows] if query_rows is None else x[:, query_rows[rows]]
+            out[:, rows] = residual + scale(self.proj(out[:, rows]))
         return out
 
     def forward(
@@ -209,7 +229,9 @@ class Block(nn.Module):
         b, n, c = x.shape
         attn_bytes, mlp_bytes = self._token_bytes(x.element_size())
         chunk = rows_per_chunk(n, b * attn_bytes, self.max_memory, MIN_TOKEN_ROWS)
-        x = self.attn.bounded(x, self.norm1, self.ls1, rope, chunk, query_rows)
+        kv_bytes_per_head = 2 * b * n * self.attn.head_dim * x.element_size()
+        group = rows_per_chunk(self.attn.num_heads, kv_bytes_per_head, self.max_memory)
+        x = self.attn.bounded(x, self.norm1, self.ls1, rope, chunk, query_rows, group)
         flat = x.contiguous().view(-1, c)  # a fresh tensor: the MLP residual goes in place
         rows = flat.shape[0]
         chunk = rows_per_chunk(rows, mlp_bytes, self.max_memory, MIN_TOKEN_ROWS)

@@ -26,6 +26,9 @@ class PlugIn(nn.Module):
     """Base class of plug-ins; subclasses register with ``@PLUGINS.register(name)``."""
 
     position: str = "early"
+    # the encoder levels (0-3) an early plug-in reads or replaces; the others are handed to the
+    # head's per-level projection as soon as they are encoded (inference: smaller maps held)
+    token_levels: tuple[int, ...] = (0, 1, 2, 3)
 
     def forward(self, feats: VideoFeatures) -> VideoFeatures:  # pragma: no cover - interface
         raise NotImplementedError(f"{type(self).__name__} does not act on encoder tokens")

@@ -126,6 +126,7 @@ class GEM(PlugIn):
     """
 
     position = "early"
+    token_levels = (3,)  # the last map only
 
     def __init__(
         self,
