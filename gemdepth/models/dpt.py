@@ -285,8 +285,8 @@ class DPTHead(nn.Module):
         """Level 3 (index 2) → ``rn3``, its ``features``-wide skip map for ``refinenet3``.
 
         It depends on that level alone, so when no plug-in reads the level the model computes it
-        before the plug-ins run and passes it to :meth:`forward` (``skip_3``): the clip then holds
-        ``features`` channels there instead of the level's ``out_channels[2]`` (ViT-L: 256 vs 1024).
+        before the plug-ins run and hands it to :meth:`forward` in the level's place: the clip then
+        holds ``features`` channels there instead of ``out_channels[2]`` (ViT-L: 256 vs 1024).
         """
         rows = f3[0].shape[0]
         chunk = self._chunk(rows, patch_h, patch_w, f3[0].dtype, full=False)

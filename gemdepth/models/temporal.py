@@ -153,13 +153,33 @@ class TemporalTransformer(nn.Module):
     def forward(self, x: Tensor, frames: int) -> Tensor:
         bt, ch, h, w = x.shape
         batch, length = bt // frames, h * w
+        chunk = rows_per_chunk(batch * length, self.bytes_per_position(frames, x.element_size()), self.max_memory,
+                               max(1, MIN_TOKEN_ROWS // frames))
+        if self.max_memory is not None and not torch.is_grad_enabled() and chunk < batch * length:
+            return self._bounded(x, frames, max(1, chunk // batch))
         # (B·T, C, h, w) → (B·h·w, T, C): one time sequence per position
         seq = self.norm(x).view(batch, frames, ch, length).permute(0, 3, 1, 2).reshape(batch * length, frames, ch)
-        rows = batch * length
-        chunk = rows_per_chunk(rows, self.bytes_per_position(frames, seq.element_size()), self.max_memory,
-                               max(1, MIN_TOKEN_ROWS // frames))
-        seq = map_rows(self._sequences, rows, chunk, seq)
+        seq = map_rows(self._sequences, batch * length, chunk, seq)
         return seq.view(batch, length, frames, ch).permute(0, 2, 3, 1).reshape(bt, ch, h, w) + x
+
+    def _bounded(self, x: Tensor, frames: int, positions: int) -> Tensor:
+        """Inference: ``positions`` positions' time sequences at a time, gathered from the normalised
+        map and added straight into the output, so besides the input only the normalised map and
+        the output exist at full size (the one-call path also holds the sequences before and after
+        the transformer, and a reordered copy: five maps, 1.2 GB for ViT-L's level 3 over 32
+        frames at 518×686). Same numbers: every sequence goes through the same layers."""
+        bt, ch, h, w = x.shape
+        batch, length = bt // frames, h * w
+        normed = self.norm(x).view(batch, frames, ch, length)
+        out = torch.empty((batch, frames, ch, length), dtype=x.dtype, device=x.device)
+        source = x.reshape(batch, frames, ch, length)
+        for start in range(0, length, positions):
+            cols = slice(start, min(length, start + positions))
+            seq = normed[..., cols].permute(0, 3, 1, 2).reshape(-1, frames, ch)  # (B·p, T, C)
+            seq = self._sequences(seq).view(batch, -1, frames, ch).permute(0, 2, 3, 1)  # (B, T, C, p)
+            torch.add(seq, source[..., cols], out=out[..., cols])
+            del seq
+        return out.view(bt, ch, h, w)
 
 
 class TemporalModule(nn.Module):
@@ -211,7 +231,10 @@ class TemporalDPTHead(DPTHead):
         """Level 3 (index 2) → its motion module over the clip → ``layer3_rn`` (see :meth:`DPTHead.skip_3`)."""
         rows = f3[0].shape[0]
         low = self._chunk(rows, patch_h, patch_w, f3[0].dtype, full=False)
-        layer_3 = self._map(lambda t, c: self.level(2, t, c, patch_h, patch_w), rows, low, *f3)
+        if f3[0].dim() == 4:  # already projected: level 3's resize is the identity (no copy)
+            layer_3 = self.level(2, *f3, patch_h, patch_w)
+        else:
+            layer_3 = self._map(lambda t, c: self.level(2, t, c, patch_h, patch_w), rows, low, *f3)
         layer_3 = self._whole(self.motion_modules[0], layer_3, frames)
         return self._map(self.scratch.layer3_rn, rows, low, layer_3)
 

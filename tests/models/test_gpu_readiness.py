@@ -30,6 +30,18 @@ def test_forward_traces_without_graph_breaks(host: str, plugins: str) -> None:
     assert explanation.graph_count == 1
 
 
+def test_sliced_forward_traces_without_graph_breaks() -> None:
+    """The smallest budget: frame slices, attention in head groups, the head's full-size stages in
+    bands of rows; still one graph."""
+    model = mini("vda", [{"name": "gem"}, {"name": "astt"}])
+    model.set_max_memory(1)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(model)(torch.randn(1, 2, 3, 42, 42))
+    assert explanation.graph_break_count == 0, [str(b.reason) for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
 def test_every_attention_goes_through_sdpa_with_contiguous_heads() -> None:
     model = mini("vda", [{"name": "gem"}, {"name": "astt"}])
     frames = 3

@@ -94,3 +94,27 @@ def test_temporal_attention_uses_sdpa_over_time_only() -> None:
         attn(torch.randn(b * length, t, 16))
     assert attention.calls == 1
     assert attention.flops == 4 * (b * length) * 4 * t * t * 4  # sequences of T per position, 4 heads of 4
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_motion_module_in_position_slices_matches_one_call(batch: int) -> None:
+    """Inference with a small budget: the time sequences of a few positions at a time, added straight
+    into the output; the same numbers as the one-call path (which autograd keeps using)."""
+    torch.manual_seed(0)
+    module = TemporalModule(32, max_len=8).eval()
+    torch.nn.init.normal_(module.temporal_transformer.proj_out.weight, std=0.2)
+    frames = 5
+    x = torch.randn(batch * frames, 32, 6, 7)
+    transformer = module.temporal_transformer
+    calls: list[int] = []
+    real = transformer._sequences
+    transformer._sequences = lambda seq: (calls.append(seq.shape[0]), real(seq))[1]  # type: ignore[method-assign]
+    with torch.no_grad():
+        transformer.max_memory = None
+        ref = module(x, frames)
+        assert calls == [batch * 42]
+        calls.clear()
+        transformer.max_memory = 1
+        out = module(x, frames)
+    assert max(calls) < batch * 42 and sum(calls) == batch * 42
+    assert ((out - ref).abs().max() / ref.abs().max()).item() <= 1e-6
