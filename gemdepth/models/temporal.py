@@ -177,7 +177,7 @@ class TemporalTransformer(nn.Module):
             cols = slice(start, min(length, start + positions))
             seq = normed[..., cols].permute(0, 3, 1, 2).reshape(-1, frames, ch)  # (B·p, T, C)
             seq = self._sequences(seq).view(batch, -1, frames, ch).permute(0, 2, 3, 1)  # (B, T, C, p)
-            torch.add(seq, source[..., cols], out=out[..., cols])
+            out[..., cols] = seq + source[..., cols]
             del seq
         return out.view(bt, ch, h, w)
 
