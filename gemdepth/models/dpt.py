@@ -20,6 +20,7 @@ grid; ``"late"`` on ``path_1``, the last fused map right before ``output_conv1``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -79,31 +80,29 @@ class FeatureFusionBlock(nn.Module):
 def bilinear_rows(x: Tensor, size: tuple[int, int], start: int, stop: int) -> Tensor:
     """Rows ``start:stop`` of ``F.interpolate(x, size, mode="bilinear", align_corners=True)``.
 
-    Hand-written because ``F.interpolate`` cannot compute a band of its output rows: source
-    coordinates ``i · (in - 1) / (out - 1)`` in float32 and the weights as PyTorch's CPU/CUDA kernels
-    derive them, blended in float32 (the input's dtype again at the end, as ``F.interpolate`` rounds).
+    Hand-written because ``F.interpolate`` cannot compute a band of its output rows. Separable:
+    the input rows the band reads are resampled across by ``F.interpolate`` itself (height kept,
+    so that axis is the identity), then each output row blends its two source rows with the
+    weights PyTorch derives (source row ``i · (in - 1) / (out - 1)`` in float32), in float32, and
+    is rounded to the input's dtype once at the end, as ``F.interpolate`` does.
     """
     in_h, in_w = x.shape[-2:]
     out_h, out_w = size
-
-    def taps(n_in: int, n_out: int, first: int, last: int) -> tuple[Tensor, Tensor, Tensor]:
-        one = torch.ones((), dtype=torch.float32, device=x.device)
-        scale = (one * (n_in - 1)) / (n_out - 1) if n_out > 1 else one * 0
-        src = torch.arange(first, last, dtype=torch.float32, device=x.device) * scale
-        i0 = src.floor().long().clamp_(max=n_in - 1)
-        lam = (src - i0).clamp_(0, 1)
-        return i0, (i0 + 1).clamp_(max=n_in - 1), lam
-
-    h0, h1, lh = taps(in_h, out_h, start, stop)
-    w0, w1, lw = taps(in_w, out_w, 0, out_w)
-
-    def across(rows: Tensor) -> Tensor:  # (N, C, r, in_w) → (N, C, r, out_w)
-        band = x.index_select(-2, rows).float()
-        return (1 - lw) * band.index_select(-1, w0) + lw * band.index_select(-1, w1)
-
-    lh = lh[:, None]
-    out = (1 - lh) * across(h0) + lh * across(h1)
-    return out.to(x.dtype)
+    one = torch.ones((), dtype=torch.float32, device=x.device)
+    scale = (one * (in_h - 1)) / (out_h - 1) if out_h > 1 else one * 0
+    src = torch.arange(start, stop, dtype=torch.float32, device=x.device) * scale
+    h0 = src.floor().long().clamp_(max=in_h - 1)
+    lh = (src - h0).clamp_(0, 1)[:, None]
+    h1 = (h0 + 1).clamp_(max=in_h - 1)
+    # the input rows the band can read (a superset, from Python's arithmetic: no tensor → int sync)
+    ratio = (in_h - 1) / (out_h - 1) if out_h > 1 else 0.0
+    first = max(0, min(in_h - 1, math.floor(start * ratio) - 1))
+    last = min(in_h, math.floor((stop - 1) * ratio) + 3)
+    rows = x[..., first:last, :].float()
+    across = F.interpolate(rows, size=(last - first, out_w), mode="bilinear", align_corners=True)
+    band = across.index_select(-2, h0 - first).mul_(1 - lh)
+    band.addcmul_(across.index_select(-2, h1 - first), lh.expand(-1, out_w))
+    return band.to(x.dtype)
 
 
 def _apply(hooks: Mapping[str, Hook] | None, name: str, x: Tensor) -> Tensor:
