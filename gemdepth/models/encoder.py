@@ -12,7 +12,7 @@ DINOv2 (and so every Depth Anything checkpoint) resizes the 37×37 grid by bicub
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -206,24 +206,21 @@ class DinoV2Encoder(VisionTransformer):
                 outs += [y[:, self.num_prefix_tokens:], y[:, 0]]
         return tuple(outs)
 
-    def forward(  # type: ignore[override]
-        self, images: Tensor, per_slice: Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]] | None = None
-    ) -> list[tuple[Tensor, Tensor]]:
+    def frames_per_slice(self, images: Tensor) -> int:
+        """How many of ``images (N, 3, H, W)`` one slice encodes within ``max_memory``."""
+        tokens = 1 + (images.shape[-2] // PATCH_SIZE) * (images.shape[-1] // PATCH_SIZE)
+        # the input's element size (under autocast this overestimates, which only means smaller slices)
+        return rows_per_chunk(images.shape[0], self.bytes_per_frame(tokens, images.element_size()), self.max_memory)
+
+    def forward(self, images: Tensor) -> list[tuple[Tensor, Tensor]]:  # type: ignore[override]
         """``(N, 3, H, W)`` → 4 × ``(tokens (N, h·w, C), cls (N, C))`` after the final norm.
 
-        Frames run in slices sized by ``max_memory`` (each frame is encoded on its own, so the
-        numbers do not depend on the slicing). ``per_slice`` maps each slice's
-        ``(tokens_0, cls_0, …, tokens_3, cls_3)`` to what is kept of it (a per-frame transform,
-        e.g. the head's projection of the levels no plug-in reads), before the slices are joined.
+        Frames run in slices of :meth:`frames_per_slice` (each frame is encoded on its own, so the
+        numbers do not depend on the slicing).
         """
         if images.shape[-2] % PATCH_SIZE or images.shape[-1] % PATCH_SIZE:
             raise ValueError(
                 f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {PATCH_SIZE}"
             )
-        rows = images.shape[0]
-        tokens = 1 + (images.shape[-2] // PATCH_SIZE) * (images.shape[-1] // PATCH_SIZE)
-        # the input's element size (under autocast this overestimates, which only means smaller slices)
-        chunk = rows_per_chunk(rows, self.bytes_per_frame(tokens, images.element_size()), self.max_memory)
-        fn = self._intermediates if per_slice is None else (lambda x: per_slice(self._intermediates(x)))
-        flat = map_rows(fn, rows, chunk, images)
+        flat = map_rows(self._intermediates, images.shape[0], self.frames_per_slice(images), images)
         return [(flat[2 * i], flat[2 * i + 1]) for i in range(len(flat) // 2)]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import gemdepth.models.hosts as _hosts  # noqa: F401  (registers the hosts)
-from gemdepth.models.chunking import normalize_checkpointing, set_checkpointing, set_max_memory
+from gemdepth.models.chunking import map_rows, normalize_checkpointing, set_checkpointing, set_max_memory
 from gemdepth.models.encoder import PATCH_SIZE, DinoV2Encoder, resolve_encoder_spec
 from gemdepth.models.hosts import COMMON_HEAD_DEFAULTS, HEAD_DEFAULTS, HEAD_KEYS
 from gemdepth.models.plugins.base import PLUGIN_POSITIONS, PlugIn
@@ -238,18 +238,19 @@ class VideoDepthModel(nn.Module):
         maps ``(B·T, C_i, h, w)`` instead (the head takes either form; same numbers).
         """
         self.check_input(video)
+        images = video.flatten(0, 1)
         levels = self.early_projected_levels()
         if not levels:
-            return self.encoder(video.flatten(0, 1))
+            return self.encoder(images)
         patch_h, patch_w = video.shape[-2] // PATCH_SIZE, video.shape[-1] // PATCH_SIZE
 
-        def project(flat: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-            out = list(flat)
-            for i in levels:
-                out[2 * i] = self.head.project(i, flat[2 * i], flat[2 * i + 1], patch_h, patch_w)
-            return tuple(out)
+        def encode_slice(x: Tensor) -> tuple[Tensor, ...]:  # one encoder call, then the projections
+            pairs = self.encoder(x)
+            return tuple(t for i, (tokens, cls) in enumerate(pairs) for t in (
+                self.head.project(i, tokens, cls, patch_h, patch_w) if i in levels else tokens, cls))
 
-        return self.encoder(video.flatten(0, 1), per_slice=project)
+        flat = map_rows(encode_slice, images.shape[0], self.encoder.frames_per_slice(images), images)
+        return [(flat[2 * i], flat[2 * i + 1]) for i in range(4)]
 
     def decode(self, encoded: list[tuple[Tensor, Tensor]], batch: int, frames: int, height: int, width: int,
                release: bool = False) -> DepthOutput:

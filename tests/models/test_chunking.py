@@ -233,7 +233,14 @@ def test_forward_frees_levels_3_and_4_before_the_full_resolution_stages(host: st
     model = mini(host, [{"name": "gem"}, {"name": "astt"}] if host == "vda" else [])
     refs: list[weakref.ref] = []
     alive_at_output: list[list[bool]] = []
-    model.encoder.register_forward_hook(lambda m, a, out: refs.extend(weakref.ref(t) for t, _ in out))
+    real_encode = model.encode
+
+    def encode(video: torch.Tensor) -> list:  # what forward hands to decode
+        out = real_encode(video)
+        refs.extend(weakref.ref(t) for t, _ in out)
+        return out
+
+    model.encode = encode  # type: ignore[method-assign]
     model.head.scratch.output_conv1.register_forward_pre_hook(
         lambda m, a: alive_at_output.append([r() is not None for r in refs])
     )
