@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--low-memory",
         action="store_true",
         help="give freed activations back to the OS at once (glibc): lower peak host memory "
-        "(one 518x686 window, CPU: GemDepth-VDA ViT-L 8 frames 4125 -> 3909 MiB), 10-20%% more CPU time",
+        "(one 518x686 window, CPU: GemDepth-VDA ViT-L 8 frames 4086 -> 3897 MiB), 10-20%% more CPU time",
     )
     speed.add_argument(
         "--no-encoder-cache",

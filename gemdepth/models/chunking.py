@@ -167,7 +167,7 @@ def return_freed_memory(threshold: int = LOW_MEMORY_MMAP_THRESHOLD) -> bool:
     fragmentation. With ``mallopt(M_MMAP_THRESHOLD, threshold)`` every tensor of ``threshold``
     bytes or more is its own mapping, returned when freed. Measured on CPU (one 518×686 window,
     fp32, ``benchmarks/bench_window_memory.py``): peak RSS of GemDepth-VDA ViT-L, 8 frames,
-    4125 → 3909 MiB (with 256 MiB slices, before the narrower window: ViT-S 32 frames 2424 → 2038,
+    4086 → 3897 MiB (with 256 MiB slices, before the narrower window: ViT-S 32 frames 2424 → 2038,
     ViT-L 8 frames 4386 → 4067); but 10-20 % more CPU time (fresh pages are faulted in for every
     large tensor: 91 → 110 CPU s at 16 frames), hence opt-in
     (``gemdepth infer --low-memory``). ``MALLOC_MMAP_THRESHOLD_=4194304`` in the environment does
