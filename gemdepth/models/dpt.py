@@ -327,7 +327,8 @@ class DPTHead(nn.Module):
         Full resolution: ``refinenet1``'s input and output at 8× the patch grid (``F`` channels
         each), ``output_conv1`` and its 14× resampling (``F/2``), and the 32-channel conv there.
         Patch grid: the encoder width, the widest reassembled map (×4 for the ½× level's conv)
-        and a few ``F``-wide maps at up to 2× the grid.
+        and a few ``F``-wide maps at up to 2× the grid. In inference the 8× and 14× maps run in
+        bands of rows (:meth:`resample_in_bands`), so there this is an upper bound.
         """
         hw = patch_h * patch_w
         f = self.features

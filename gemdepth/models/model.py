@@ -289,7 +289,6 @@ class VideoDepthModel(nn.Module):
         skip_3 = None
         if release and 2 in self.early_projected_levels() and hasattr(self.head, "skip_3"):
             # level 3 → the head's skip map before the plug-ins run (narrower: ViT-L 1024 → 256 channels)
-            feats.tokens = list(feats.tokens)
             level_3 = (feats.tokens[2], feats.cls[2])
             feats.tokens[2] = feats.cls[2]  # a placeholder no plug-in reads (token_levels)
             skip_3 = self.head.skip_3(level_3, patch_h, patch_w, frames=frames)
