@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="root of an official GemDepth checkout (has model/gemdepth.py); "
                         "default: $GEMDEPTH_OFFICIAL")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--cpu-linear", choices=("auto", "onednn", "native"), default=None,
+                   help="our linear layers' CPU path (default: $GEMDEPTH_CPU_LINEAR or auto; "
+                        "the official code always uses PyTorch's standard op)")
     p.add_argument("--seed", type=int, default=0, help="weights seed")
     p.add_argument("--frames", type=int, default=8, help="frames of the forward clip")
     p.add_argument("--size", type=parse_size, default=(196, 350), help="forward input HxW (multiples of 14)")
@@ -426,6 +429,7 @@ def format_table(report: Report) -> str:
     """A plain-text table of the figures (medians, ratio ours/official, output differences)."""
     s = report.setup
     title = (f"gemdepth vs official GemDepth ({PRESET}), CPU, {s['threads']} threads, "
+             f"our linear layers: {s.get('cpu_linear', '?')}, "
              f"load avg (1 min) {s['loadavg_start'][0]:.2f} -> {s.get('loadavg_end', [float('nan')])[0]:.2f}")
     lines = [title,
              f"{'what':<44}{'ours s':>9}{'official s':>12}{'ratio':>8}{'paired':>8}{'max rel diff':>14}"]
@@ -478,6 +482,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     import gemdepth
+    from gemdepth.models.cpu_linear import resolved_cpu_linear_backend, set_cpu_linear_backend
+
+    if args.cpu_linear is not None:
+        set_cpu_linear_backend(args.cpu_linear)
 
     official = import_official(args.official)
     report = Report(setup={
@@ -486,6 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "loadavg_start": list(os.getloadavg()),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "gemdepth_git": _git_state(),
+        "cpu_linear": resolved_cpu_linear_backend(),
     })
 
     # 1. the same weights on both sides

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gemdepth.models.cpu_linear import CPU_LINEAR_BACKENDS, resolved_cpu_linear_backend, set_cpu_linear_backend
 from gemdepth.flops import measure_flops
 
 DEFAULT_PRESETS = ["vda-vits", "gemdepth-vda-vits"]
@@ -52,6 +53,7 @@ class BenchResult:
     attn_gflops_per_frame: float
     compiled: bool = False
     compile_s: float | None = None  # first (compiling) call, excluded from ms_per_clip
+    cpu_linear: str | None = None  # CPU fp32 rows: "onednn" or "native" linear layers
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -191,6 +193,7 @@ def bench_one(
         attn_gflops_per_frame=attn / frames / 1e9,
         compiled=compile and getattr(run, "failed", None) is None,
         compile_s=compile_s,
+        cpu_linear=resolved_cpu_linear_backend() if device.type == "cpu" and dtype == "fp32" else None,
     )
 
 
@@ -238,6 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument(
+        "--cpu-linear", choices=CPU_LINEAR_BACKENDS, default=None,
+        help="how CPU fp32 inference computes linear layers (default: $GEMDEPTH_CPU_LINEAR or auto: "
+             "oneDNN on AMD CPUs, where MKL's sgemm takes a slow path)",
+    )
+    parser.add_argument(
         "--compile", action="store_true",
         help="time torch.compile(model) (inductor; compile time excluded, reported as compile_s in --json)",
     )
@@ -255,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--compile: torch.compile cannot run here: {reason}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_linear is not None:
+        set_cpu_linear_backend(args.cpu_linear)
     device = torch.device(args.device)
     rows: list[BenchResult] = []
     for preset in args.presets:

@@ -61,6 +61,7 @@ from gemdepth.inference.preprocess import (
     upsample_depth,
 )
 from gemdepth.inference.windowing import FrameResult, check_frame
+from gemdepth.models.cpu_linear import linear
 from gemdepth.models.encoder import PATCH_SIZE
 from gemdepth.models.plugins.astt import ASTT, frame_index_embedding
 from gemdepth.models.plugins.attention import Block
@@ -370,7 +371,7 @@ class OnlineModel:
         key = id(attn)
         if key not in self._pe_proj:
             pe = attn.pos_encoder.pe[0]
-            self._pe_proj[key] = (F.linear(pe, attn.to_k.weight), F.linear(pe, attn.to_v.weight))
+            self._pe_proj[key] = (linear(pe, attn.to_k.weight), linear(pe, attn.to_v.weight))
         return self._pe_proj[key]
 
     def _motion_step(self, index: int, module: nn.Module, x: Tensor, frames: int = 1) -> Tensor:
@@ -396,9 +397,9 @@ class OnlineModel:
         n, _, dim = seq.shape
         heads = attn.heads
         pe = attn.pos_encoder.pe[0].to(seq.dtype)
-        q = F.linear(seq + pe[place], attn.to_q.weight).view(n, 1, heads, dim // heads).transpose(1, 2)
-        k = F.linear(seq, attn.to_k.weight).view(n, 1, heads, dim // heads).transpose(1, 2)
-        v = F.linear(seq, attn.to_v.weight).view(n, 1, heads, dim // heads).transpose(1, 2)
+        q = linear(seq + pe[place], attn.to_q.weight).view(n, 1, heads, dim // heads).transpose(1, 2)
+        k = linear(seq, attn.to_k.weight).view(n, 1, heads, dim // heads).transpose(1, 2)
+        v = linear(seq, attn.to_v.weight).view(n, 1, heads, dim // heads).transpose(1, 2)
         keys, values = cache.write(k, v)
         pk, pv = self._projected_pe(attn)
         used = slots.shape[0]

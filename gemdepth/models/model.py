@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 import gemdepth.models.hosts as _hosts  # noqa: F401  (registers the hosts)
 from gemdepth.models.chunking import map_rows, normalize_checkpointing, set_checkpointing, set_max_memory
+from gemdepth.models.cpu_linear import use_cpu_linear
 from gemdepth.models.encoder import PATCH_SIZE, DinoV2Encoder, resolve_encoder_spec
 from gemdepth.models.hosts import COMMON_HEAD_DEFAULTS, HEAD_DEFAULTS, HEAD_KEYS
 from gemdepth.models.plugins.base import PLUGIN_POSITIONS, PlugIn
@@ -144,6 +145,7 @@ class VideoDepthModel(nn.Module):
             if position not in PLUGIN_POSITIONS:
                 raise ValueError(f"plug-in {name!r} has position {position!r}; allowed: {PLUGIN_POSITIONS}")
         self.config: dict[str, Any] | None = copy.deepcopy(dict(config)) if config is not None else None
+        use_cpu_linear(self)  # CPU float32 inference: linear layers through oneDNN where it is faster
 
     def set_max_memory(self, max_memory: int | float | str | None) -> int | None:
         """Bound the activation memory of each micro-batch (``'2GB'``, bytes, or ``None``: no slicing).

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, MIN_TOKEN_ROWS, map_rows, rows_per_chunk
+from gemdepth.models.cpu_linear import linear
 from gemdepth.models.dpt import DPTHead, Features, Hook, _apply, _take
 
 MOTION_HEADS = 8
@@ -70,7 +71,7 @@ class TemporalAttention(nn.Module):
         n, frames, dim = seq.shape
         seq = self.pos_encoder(seq)
         weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight], dim=0)
-        q, k, v = F.linear(seq, weight).view(n, frames, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = linear(seq, weight).view(n, frames, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         out = out.transpose(1, 2).reshape(n, frames, dim)
         return self.to_out[1](self.to_out[0](out))

@@ -35,6 +35,7 @@ from timm.layers import DropPath, LayerScale, Mlp
 from torch import Tensor, nn
 
 from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, MIN_TOKEN_ROWS, map_rows, rows_per_chunk
+from gemdepth.models.cpu_linear import linear
 from gemdepth.models.plugins.rope import apply_rope
 
 __all__ = ["Attention", "Block"]
@@ -115,7 +116,7 @@ class Attention(nn.Module):
             k, v = x.new_empty((b, g, n, head_dim)), x.new_empty((b, g, n, head_dim))
             for start in range(0, n, chunk):
                 rows = slice(start, min(n, start + chunk))
-                kv = F.linear(norm(x[:, rows]), w_kv, b_kv)
+                kv = linear(norm(x[:, rows]), w_kv, b_kv)
                 ks, vs = kv.view(b, -1, 2, g, head_dim).permute(2, 0, 3, 1, 4)
                 ks = self.k_norm(ks)
                 if cos is not None and sin is not None:
@@ -126,7 +127,7 @@ class Attention(nn.Module):
                 slice(s, min(n, s + chunk)) for s in range(0, n, chunk)]
             written = 0
             for rows in blocks:
-                q = F.linear(norm(x[:, rows]), w_q, b_q)
+                q = linear(norm(x[:, rows]), w_q, b_q)
                 q = self.q_norm(q.view(b, -1, g, head_dim).transpose(1, 2))
                 if cos is not None and sin is not None:
                     q = apply_rope(q, cos[..., rows, :], sin[..., rows, :])
@@ -159,9 +160,9 @@ class Attention(nn.Module):
             )
         else:
             w, bias = self.qkv.weight, self.qkv.bias
-            kv = F.linear(x, w[dim:], None if bias is None else bias[dim:])
+            kv = linear(x, w[dim:], None if bias is None else bias[dim:])
             k, v = kv.view(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q = self._heads(F.linear(x[:, query_rows], w[:dim], None if bias is None else bias[:dim]))
+            q = self._heads(linear(x[:, query_rows], w[:dim], None if bias is None else bias[:dim]))
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = rope
