@@ -83,14 +83,27 @@ _BACKWARD_KERNELS = (
 )
 
 
+def _onednn_linear_formula(x: Any, weight: Any, *args: Any, **kwargs: Any) -> int:
+    """``x (…, K) @ weight (N, K)ᵀ``: 2 FLOPs per multiply-add, the bias not counted (as torch's addmm)."""
+    x_shape, w_shape = _shape(x), _shape(weight)
+    rows = 1
+    for size in x_shape[:-1]:
+        rows *= int(size)
+    return 2 * rows * int(x_shape[-1]) * int(w_shape[0])
+
+
 def sdpa_formulas() -> dict[Any, Callable[..., int]]:
-    """``{aten op: formula}`` for every fused SDPA kernel this torch build has."""
+    """``{op: formula}`` for every fused SDPA kernel this torch build has, and the oneDNN linear op
+    (:mod:`gemdepth.models.cpu_linear`'s CPU path, which torch's registry does not know either)."""
     formulas: dict[Any, Callable[..., int]] = {}
     for names, formula in ((_FORWARD_KERNELS, _forward_formula), (_BACKWARD_KERNELS, _backward_formula)):
         for name in names:
             op = getattr(torch.ops.aten, name, None)
             if op is not None:
                 formulas[op] = _raw(formula)
+    onednn_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if onednn_linear is not None:
+        formulas[onednn_linear] = _raw(_onednn_linear_formula)
     return formulas
 
 

@@ -156,3 +156,18 @@ def test_auto_takes_onednn_on_amd_only(monkeypatch, backend, vendor, expected) -
     assert cpu_linear._onednn_enabled() is expected
     backend("onednn")
     assert cpu_linear._onednn_enabled() is True
+
+
+@needs_onednn
+@pytest.mark.parametrize("choice", ["onednn", "native"])
+def test_flop_count_is_the_same_on_either_path(backend, choice) -> None:
+    """``gemdepth bench``'s GFLOPs/frame must not drop to the attention alone when oneDNN runs."""
+    from gemdepth.flops import measure_flops
+
+    backend(choice)
+    model = use_cpu_linear(nn.Sequential(nn.Linear(48, 96), nn.GELU(), nn.Linear(96, 32, bias=False)))
+    x = torch.randn(2, 7, 48)
+    with torch.inference_mode():
+        assert (ONEDNN_OP in ops_called(lambda: model(x))) is (choice == "onednn")
+        total, attention = measure_flops(lambda: model(x))
+    assert (total, attention) == (2 * 14 * 48 * 96 + 2 * 14 * 96 * 32, 0)
