@@ -47,6 +47,7 @@ from gemdepth.inference.writers import (
     exr_available,
     partial_path,
 )
+from gemdepth.models.cpu_linear import resolved_cpu_linear_backend
 
 __all__ = ["InferenceOptions", "OutputOptions", "run_source"]
 
@@ -207,6 +208,13 @@ def _frame_number(source: FrameSource | Iterable[np.ndarray], index: int) -> int
     return index if sampling is None else sampling.start + index * step
 
 
+def _cpu_linear(model: nn.Module, inf: InferenceOptions) -> str | None:
+    """How CPU float32 inference computed the linear layers (``"onednn"``/``"native"``); None elsewhere."""
+    param = next(iter(model.parameters()), None)
+    device = str(inf.device or (param.device if param is not None else "cpu"))
+    return resolved_cpu_linear_backend() if device.startswith("cpu") and inf.dtype == torch.float32 else None
+
+
 def run_source(
     model: nn.Module,
     source: FrameSource,
@@ -303,6 +311,7 @@ def run_source(
         "window": asdict(config) | {"stride": config.stride},
         "chained_cameras": inf.chain_cameras if out.has_cameras else None,
         "precision": str(inf.dtype).replace("torch.", ""),
+        "cpu_linear": _cpu_linear(model, inf),
         "encoder_cache": inf.cache_encoder and has_split_api(model),
         "depth": "metric depth in metres" if metric else "relative disparity (affine-invariant inverse depth)",
         "metric": metric,

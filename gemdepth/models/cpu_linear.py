@@ -1,17 +1,17 @@
 """Linear layers whose CPU float32 inference runs through oneDNN instead of MKL's sgemm.
 
-PyTorch sends a float32 ``F.linear`` on the CPU to MKL. On AMD CPUs MKL takes a generic code path
-(it checks for an Intel CPU before using its AVX-512 kernels), and oneDNN, which PyTorch already
-uses for every convolution, multiplies the same matrices 2.2x faster on the 2-core AMD EPYC
-(Zen 5) machine this project is developed on: a ViT-S MLP's ``2808x384 @ 384x1536`` takes 16.8 ms
-through MKL and 7.4 ms through oneDNN (``torch.ops.mkldnn._linear_pointwise``, the op Inductor's
-own CPU lowering of linear layers calls), with results within 1.2e-6 relative of MKL's.
+PyTorch sends a float32 ``F.linear`` on the CPU to MKL's sgemm, which on AMD CPUs does not use its
+fastest kernels: on the 2-core AMD EPYC (Zen 5, AVX-512) this project is developed on it reaches
+~200 GFLOP/s, while oneDNN, which PyTorch already uses for every convolution, multiplies the same
+matrices 2.2x faster: a ViT-S MLP's ``2808x384 @ 384x1536`` takes 16.8 ms through MKL and 7.4 ms
+through oneDNN's linear op (``torch.ops.mkldnn._linear_pointwise``, which Inductor's CPU
+weight prepacking also emits), with results within 1.2e-6 relative of MKL's.
 
 :func:`linear` (``F.linear``'s drop-in, for the layers that multiply by slices of a weight) and
 :class:`CpuLinear`, an ``nn.Linear`` (same parameters, state-dict keys and type checks) calling it,
-take the oneDNN path only where nothing else can be affected: no autograd (the op has no
-backward), float32 on the CPU, no autocast, not while ``torch.compile``/``torch.export``/tracing
-captures a graph (they keep the standard op and lower it themselves). :func:`use_cpu_linear`
+take the oneDNN path only where nothing else can be affected: no autograd (training keeps the
+standard op and its backward), float32 on the CPU, no autocast, not while ``torch.compile``,
+``torch.export`` or tracing captures a graph (they keep the standard op and lower it themselves). :func:`use_cpu_linear`
 turns every plain ``nn.Linear`` of a model into one in place (the models do so when built).
 
 Which path runs is a process-wide choice, :func:`set_cpu_linear_backend` or the environment

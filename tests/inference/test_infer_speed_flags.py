@@ -62,3 +62,20 @@ def test_low_memory_sets_the_allocator_and_keeps_the_output(tmp_path: Path, mini
     low, run = _infer(folder, mini_checkpoint, tmp_path / "b", "--low-memory")
     assert calls == [4 * 2**20] and run["low_memory"] is True
     np.testing.assert_array_equal(low, base)
+
+
+def test_run_json_records_the_cpu_linear_path_and_both_paths_agree(tmp_path: Path, mini_checkpoint: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from gemdepth.models.cpu_linear import resolved_cpu_linear_backend, set_cpu_linear_backend
+
+    folder = write_folder(tmp_path / "clip", make_frames(6, 30, 44))
+    try:
+        set_cpu_linear_backend("native")
+        native, run = _infer(folder, mini_checkpoint, tmp_path / "a")
+        assert run["cpu_linear"] == "native"
+        set_cpu_linear_backend("onednn")
+        fast, run = _infer(folder, mini_checkpoint, tmp_path / "b")
+        assert run["cpu_linear"] == resolved_cpu_linear_backend()  # "onednn" where this torch has the op
+    finally:
+        set_cpu_linear_backend(None)
+    np.testing.assert_allclose(fast, native, rtol=0, atol=2e-3 * np.abs(native).max())  # float16 storage
