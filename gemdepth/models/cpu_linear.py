@@ -11,8 +11,9 @@ weight prepacking also emits), with results within 1.2e-6 relative of MKL's.
 :class:`CpuLinear`, an ``nn.Linear`` (same parameters, state-dict keys and type checks) calling it,
 take the oneDNN path only where nothing else can be affected: no autograd (training keeps the
 standard op and its backward), float32 on the CPU, no autocast, not while ``torch.compile``,
-``torch.export`` or tracing captures a graph (they keep the standard op and lower it themselves). :func:`use_cpu_linear`
-turns every plain ``nn.Linear`` of a model into one in place (the models do so when built).
+``torch.export`` or tracing captures a graph (they keep the standard op and lower it themselves).
+:func:`use_cpu_linear` turns every plain ``nn.Linear`` of a model into one in place (the models
+do so when built).
 
 Which path runs is a process-wide choice, :func:`set_cpu_linear_backend` or the environment
 variable ``GEMDEPTH_CPU_LINEAR``: ``"auto"`` (default: oneDNN on AMD x86 CPUs, where it was
@@ -120,7 +121,7 @@ class CpuLinear(nn.Linear):
 def use_cpu_linear(module: nn.Module) -> nn.Module:
     """Make every plain ``nn.Linear`` in ``module`` a :class:`CpuLinear` in place (same object, same
     parameters and hooks: only the class changes, so references held elsewhere stay valid).
-    Subclasses of ``nn.Linear`` with their own ``forward`` are left as they are."""
+    Subclasses of ``nn.Linear`` are left as they are (their ``forward`` may differ)."""
     for child in module.modules():
         if type(child) is nn.Linear:
             child.__class__ = CpuLinear
