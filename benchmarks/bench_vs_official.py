@@ -95,12 +95,14 @@ def parse_frame_size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gemdepth.models.cpu_linear import CPU_LINEAR_BACKENDS
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--official", type=Path, default=os.environ.get("GEMDEPTH_OFFICIAL"),
                    help="root of an official GemDepth checkout (has model/gemdepth.py); "
                         "default: $GEMDEPTH_OFFICIAL")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--cpu-linear", choices=("auto", "onednn", "native"), default=None,
+    p.add_argument("--cpu-linear", choices=CPU_LINEAR_BACKENDS, default=None,
                    help="our linear layers' CPU path (default: $GEMDEPTH_CPU_LINEAR or auto; "
                         "the official code always uses PyTorch's standard op)")
     p.add_argument("--seed", type=int, default=0, help="weights seed")
