@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import gemdepth.models.hosts as _hosts  # noqa: F401  (registers the hosts)
-from gemdepth.models.chunking import map_rows, normalize_checkpointing, set_checkpointing, set_max_memory
+from gemdepth.models.chunking import (
+    map_rows,
+    normalize_checkpointing,
+    release_free_heap,
+    set_checkpointing,
+    set_max_memory,
+)
 from gemdepth.models.cpu_linear import use_cpu_linear
 from gemdepth.models.encoder import PATCH_SIZE, DinoV2Encoder, resolve_encoder_spec
 from gemdepth.models.hosts import COMMON_HEAD_DEFAULTS, HEAD_DEFAULTS, HEAD_KEYS
@@ -297,6 +303,7 @@ class VideoDepthModel(nn.Module):
             del level_3
         for plugin in self.plugins.values():
             if plugin.position == "early":
+                release_free_heap(feats.tokens[3])  # large CPU windows: the last stage's freed slices
                 feats = plugin(feats)
         levels: list[Any] = list(zip(feats.tokens, feats.cls))
         if skip_3 is not None:

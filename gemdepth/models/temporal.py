@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, MIN_TOKEN_ROWS, map_rows, rows_per_chunk
+from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, MIN_TOKEN_ROWS, map_rows, release_free_heap, rows_per_chunk
 from gemdepth.models.cpu_linear import linear
 from gemdepth.models.dpt import DPTHead, Features, Hook, _apply, _take
 
@@ -171,6 +171,7 @@ class TemporalTransformer(nn.Module):
         frames at 518×686). Same numbers: every sequence goes through the same layers."""
         bt, ch, h, w = x.shape
         batch, length = bt // frames, h * w
+        release_free_heap(x)  # the earlier stages' freed slices: not this one's working memory
         normed = self.norm(x).view(batch, frames, ch, length)
         out = torch.empty((batch, frames, ch, length), dtype=x.dtype, device=x.device)
         source = x.reshape(batch, frames, ch, length)

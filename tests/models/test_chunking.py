@@ -310,9 +310,9 @@ def test_attention_in_head_groups_matches_the_plain_block(budget_heads: int, que
     with torch.inference_mode():
         block.max_memory = None
         ref = block(x, rope, rows)
-        # keys + values (float32, head_dim 8, 60 rows) of budget_heads heads: the budget also slices
-        # the two sequences one at a time, except with query rows (one call on both)
-        block.max_memory = budget_heads * (2 if query else 1) * 2 * 60 * 8 * 4
+        # keys + values (float32, head_dim 8, 60 rows) of budget_heads heads take half the budget; it
+        # also slices the two sequences one at a time, except with query rows (one call on both)
+        block.max_memory = 2 * budget_heads * (2 if query else 1) * 2 * 60 * 8 * 4
         torch.nn.functional.scaled_dot_product_attention = spy
         try:
             out = block(x, rope, rows)
@@ -403,3 +403,107 @@ def test_inference_shortcuts_equal_the_autograd_path(host: str, plugins: str) ->
     early = [n for n, p in model.plugins.items() if p.position == "early"]
     assert autograd_order[: len(early)] == early  # the head (and its skip map) after the plug-ins
     assert order[0] == "skip_3" and order[1: 1 + len(early)] == early
+
+
+def test_block_in_place_equals_the_block_and_reuses_its_input() -> None:
+    """``forward_inplace`` (GEM's frame block in inference) writes each slice of sequences over its
+    input: the same tensor comes back, with the numbers of ``forward``; with autograd it is ``forward``."""
+    from gemdepth.models.plugins.attention import Block
+
+    torch.manual_seed(0)
+    block = Block(48, 6, qk_norm=True, init_values=0.5).eval()
+    x = torch.randn(5, 12, 48)
+    with torch.inference_mode():
+        block.max_memory = None
+        ref = block(x)
+        block.max_memory = 2 * 12 * 48 * 4 * 11  # two sequences per slice: three slices
+        assert block.sequences_per_chunk(5, 12) == 2
+        owned = x.clone()
+        out = block.forward_inplace(owned)
+    assert out is owned and rel(out, ref) <= 1e-6
+    with torch.no_grad():  # no budget → the plain forward, a new tensor
+        block.max_memory = None
+        owned = x.clone()
+        out = block.forward_inplace(owned)
+    assert out is not owned and torch.equal(owned, x) and rel(out, ref) <= 1e-6
+
+
+def test_astt_time_blocks_run_in_place_and_free_the_prepared_map() -> None:
+    """In inference the ASTT time blocks gather each patch's time sequence from the ``(B, T·L, C)`` map
+    and write it back (no reordered clip-sized copies), and the prepared map is freed once the first
+    spatial block has replaced it (the plug-in's caller holds no reference while it mixes)."""
+    import weakref
+
+    from gemdepth.models.plugins.astt import ASTT
+    from gemdepth.models.types import VideoFeatures
+
+    torch.manual_seed(0)
+    frames, (gh, gw), dim = 4, (3, 5), 64
+    tokens = torch.randn(frames, gh * gw, dim)
+    # temporal-only: the mix is one storage from start to end
+    astt = ASTT(dim, spatial=False).eval()
+    with torch.no_grad():
+        ref = astt.mix(astt.prepare(tokens, 1, frames), 1, frames, gh, gw)  # autograd-free one-call path
+        for blk in astt.time_blocks:
+            blk.max_memory = 3 * frames * 4 * (3 * dim + 2 * 4 * dim)  # 3 patches per slice
+        prepared = astt.prepare(tokens, 1, frames)
+        ptr = prepared.data_ptr()
+        out = astt.mix([prepared], 1, frames, gh, gw)
+    assert out.data_ptr() == ptr and rel(out, ref) <= 1e-6
+
+    astt = ASTT(dim).eval()
+    prepared_refs: list[weakref.ref] = []
+    alive: list[bool] = []
+    real_prepare = astt.prepare
+
+    def prepare(*args: object) -> torch.Tensor:
+        out = real_prepare(*args)  # type: ignore[arg-type]
+        prepared_refs.append(weakref.ref(out))
+        return out
+
+    astt.prepare = prepare  # type: ignore[method-assign]
+    astt.time_blocks[0].register_forward_pre_hook(lambda m, a: alive.append(prepared_refs[-1]() is not None))
+    feats = VideoFeatures(tokens=[tokens] * 4, cls=[tokens[:, 0]] * 4, batch=1, frames=frames, patch_h=gh,
+                          patch_w=gw, image_h=14 * gh, image_w=14 * gw)
+    with torch.inference_mode():
+        astt(feats)
+    assert alive and not any(alive)
+
+
+def test_release_free_heap_gives_back_what_a_fragmented_heap_keeps() -> None:
+    """Between stages of a large CPU window, ``release_free_heap`` returns the heap's free pages: after
+    freeing every other 6 MB tensor (holes glibc keeps resident), RSS drops by most of the 180 MB.
+    Small maps, autograd and other devices leave the allocator alone."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from gemdepth.models.chunking import RELEASE_MIN_BYTES, release_free_heap
+
+    assert not release_free_heap(torch.zeros(8))  # too small to matter
+    with torch.enable_grad():
+        assert not release_free_heap(torch.zeros(RELEASE_MIN_BYTES // 4, requires_grad=True))
+    assert not release_free_heap(torch.zeros(RELEASE_MIN_BYTES // 4, device="meta"))
+    code = textwrap.dedent(
+        """
+        import torch
+        from gemdepth.models.chunking import release_free_heap
+        def rss():
+            return int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) // 1024
+        big = torch.ones(10 * 2**20 // 4); del big   # glibc raises its dynamic mmap threshold past 6 MB
+        held = [torch.ones(6 * 2**20 // 4) for _ in range(60)]   # 360 MB in 6 MB tensors, on the heap
+        keep = held[1::2]; del held                                # every other one freed: holes
+        stage_map = torch.ones(48 * 2**20 // 4)                    # a 48 MB map: large enough to release
+        before = rss()
+        with torch.inference_mode():
+            released = release_free_heap(stage_map)
+        print(released, before - rss(), sum(t.sum().item() for t in keep) == 30 * 6 * 2**20 / 4)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    released, freed_mb, intact = out.stdout.split()
+    if released == "False" and not sys.platform.startswith("linux"):
+        pytest.skip("malloc_trim is glibc-only")
+    assert released == "True" and intact == "True"
+    assert int(freed_mb) >= 150, out.stdout  # of the 180 MB in holes (without it: 0, see the low-memory test)

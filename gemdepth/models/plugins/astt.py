@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gemdepth.models.chunking import maybe_checkpoint
+from gemdepth.models.chunking import maybe_checkpoint, release_free_heap
 from gemdepth.models.plugins.attention import Block
 from gemdepth.models.plugins.base import PLUGIN_POSITIONS, PlugIn
 from gemdepth.models.plugins.rope import grid_positions, rope_cos_sin
@@ -158,8 +158,15 @@ class ASTT(PlugIn):
         x.view(batch, frames, length, c).add_(emb[None, :, None, :])
         return x.view(batch, frames * length, c)
 
-    def mix(self, x: Tensor, batch: int, frames: int, grid_h: int, grid_w: int) -> Tensor:
-        """Run the block pairs on prepared tokens ``(B, T·L, C)``; returns ``(B·T, L, C)``."""
+    def mix(self, x: Tensor | list[Tensor], batch: int, frames: int, grid_h: int, grid_w: int) -> Tensor:
+        """Run the block pairs on prepared tokens ``(B, T·L, C)``; returns ``(B·T, L, C)``.
+
+        ``x`` is consumed: in inference the time blocks write their output over it. Pass it inside
+        a one-element list to hand it over entirely (the list is emptied), so that it is freed as
+        soon as the first block has replaced it rather than when this call returns.
+        """
+        if isinstance(x, list):
+            x = x.pop()
         length = grid_h * grid_w
         c = x.shape[-1]
         rope = None
@@ -168,22 +175,43 @@ class ASTT(PlugIn):
             rope = rope_cos_sin(pos, self.spatial_head_dim, self.rope_frequency)
         for i in range(self.depth):
             if len(self.spatial_blocks):
+                release_free_heap(x)  # large CPU windows: the last stage's freed slices go back to the OS
                 x = maybe_checkpoint(self.checkpointing, self.spatial_blocks[i], x, rope)
             if len(self.time_blocks):
+                block = self.time_blocks[i]
+                if block.bounded_inference():
+                    x = self._time_inplace(block, x, batch, frames, length)
+                    continue
                 x = x.view(batch, frames, length, c).transpose(1, 2).reshape(batch * length, frames, c)
-                x = maybe_checkpoint(self.checkpointing, self.time_blocks[i], x)
+                x = maybe_checkpoint(self.checkpointing, block, x)
                 x = x.view(batch, length, frames, c).transpose(1, 2).reshape(batch, frames * length, c)
         return x.reshape(batch * frames, length, c)
+
+    @staticmethod
+    def _time_inplace(block: Block, x: Tensor, batch: int, frames: int, length: int) -> Tensor:
+        """Inference: ``block`` on each patch's time sequence, a slice of patches at a time, gathered
+        from ``x (B, T·L, C)`` and written back over it. The one-call path reorders the whole clip to
+        ``(B·L, T, C)`` and back, which holds two more clip-sized copies (ViT-L, 32 frames at
+        518×686: 238 MB each). Same slices as the block's own bounded path, so the same numbers."""
+        c = x.shape[-1]
+        grid = x.view(batch, frames, length, c)
+        positions = max(1, block.sequences_per_chunk(batch * length, frames, x.element_size()) // batch)
+        for start in range(0, length, positions):
+            cols = slice(start, min(length, start + positions))
+            seq = grid[:, :, cols].transpose(1, 2).reshape(-1, frames, c)  # (B·p, T, C)
+            grid[:, :, cols] = block(seq).view(batch, -1, frames, c).transpose(1, 2)
+            del seq
+        return x
 
     # ------------------------------------------------------------------ plug-in API
     def forward(self, feats: VideoFeatures) -> VideoFeatures:
         """Early position: replace ``tokens[3]`` by its ASTT output."""
         if self.position != "early":
             raise RuntimeError(f"this ASTT sits at position {self.position!r}; call forward_map")
-        x = self.prepare(feats.tokens[3], feats.batch, feats.frames)
+        prepared = [self.prepare(feats.tokens[3], feats.batch, feats.frames)]
         feats.tokens = list(feats.tokens)
-        feats.tokens[3] = x  # drop this list's reference to the input map while mixing (memory)
-        feats.tokens[3] = self.mix(x, feats.batch, feats.frames, feats.patch_h, feats.patch_w)
+        feats.tokens[3] = feats.cls[3]  # a placeholder while mixing: the input map is freed (memory)
+        feats.tokens[3] = self.mix(prepared, feats.batch, feats.frames, feats.patch_h, feats.patch_w)
         return feats
 
     def forward_map(self, x: Tensor, batch: int, frames: int) -> Tensor:
@@ -199,7 +227,9 @@ class ASTT(PlugIn):
             y = F.adaptive_avg_pool2d(x, grid)
         gh, gw = y.shape[-2:]
         tokens = self.proj_in(y.flatten(2).transpose(1, 2))
-        out = self.mix(self.prepare(tokens, batch, frames), batch, frames, gh, gw)
+        prepared = [self.prepare(tokens, batch, frames)]
+        del tokens
+        out = self.mix(prepared, batch, frames, gh, gw)
         out = self.proj_out(out).transpose(1, 2).reshape(bt, ch, gh, gw)
         if (gh, gw) != (height, width):
             out = F.interpolate(out, size=(height, width), mode="bilinear", align_corners=False)

@@ -21,7 +21,7 @@ The MLP, LayerScale and DropPath are timm's (numerically identical to the offici
 Memory: in inference (eval, no autograd) a block bounds its working memory by ``max_memory``:
 independent sequences (dim 0) run in slices, one long sequence computes its keys/values once and
 its queries in slices (each query row's softmax only needs all keys), in groups of heads when all
-heads' keys and values would not fit the budget, and the MLP runs in slices of tokens — all
+heads' keys and values would not fit half the budget, and the MLP runs in slices of tokens — all
 row- and head-wise, so the numbers equal the one-call forward.
 Attention goes through :func:`torch.nn.functional.scaled_dot_product_attention` with the
 default scale ``head_dim ** -0.5`` (what the official passes explicitly).
@@ -231,7 +231,9 @@ class Block(nn.Module):
         attn_bytes, mlp_bytes = self._token_bytes(x.element_size())
         chunk = rows_per_chunk(n, b * attn_bytes, self.max_memory, MIN_TOKEN_ROWS)
         kv_bytes_per_head = 2 * b * n * self.attn.head_dim * x.element_size()
-        group = rows_per_chunk(self.attn.num_heads, kv_bytes_per_head, self.max_memory)
+        # keys/values of a head group take half the budget, the query slices' temporaries the rest
+        kv_budget = None if self.max_memory is None else max(1, self.max_memory // 2)
+        group = rows_per_chunk(self.attn.num_heads, kv_bytes_per_head, kv_budget)
         x = self.attn.bounded(x, self.norm1, self.ls1, rope, chunk, query_rows, group)
         flat = x.contiguous().view(-1, c)  # a fresh tensor: the MLP residual goes in place
         rows = flat.shape[0]
@@ -241,15 +243,36 @@ class Block(nn.Module):
             t.add_(self.ls2(self.mlp(self.norm2(t))))
         return flat.view(x.shape)
 
+    def bounded_inference(self) -> bool:
+        """Whether a call now takes the memory-bounded inference path (a budget, eval, no autograd)."""
+        stochastic = self.attn.stochastic and self.attn.attn_drop > 0
+        return self.max_memory is not None and not (self.training or stochastic or torch.is_grad_enabled())
+
+    def sequences_per_chunk(self, sequences: int, length: int, element_size: int = 4) -> int:
+        """How many independent sequences of ``length`` tokens one bounded slice takes."""
+        attn_bytes, mlp_bytes = self._token_bytes(element_size)
+        return rows_per_chunk(sequences, length * max(attn_bytes, mlp_bytes), self.max_memory)
+
+    def forward_inplace(self, x: Tensor, rope: RopeTables | None = None) -> Tensor:
+        """Inference on independent sequences ``(B, N, C)``: each slice of sequences is written back
+        over its input, so no second ``(B, N, C)`` tensor exists (the caller hands ``x`` over).
+        Same numbers as :meth:`forward`; without the bounded path it is ``forward``."""
+        if not self.bounded_inference():
+            return self(x, rope)
+        b, n, _ = x.shape
+        chunk = self.sequences_per_chunk(b, n, x.element_size())
+        for start in range(0, b, chunk):
+            rows = slice(start, min(b, start + chunk))
+            x[rows] = self._bounded(x[rows], rope, None)
+        return x
+
     def forward(
         self, x: Tensor, rope: RopeTables | None = None, query_rows: Tensor | None = None
     ) -> Tensor:
         """Apply the block; with ``query_rows`` only those rows are computed and returned."""
-        stochastic = self.attn.stochastic and self.attn.attn_drop > 0
-        if self.max_memory is not None and not (self.training or stochastic or torch.is_grad_enabled()):
+        if self.bounded_inference():
             b, n, _ = x.shape
-            attn_bytes, mlp_bytes = self._token_bytes(x.element_size())
-            chunk = rows_per_chunk(b, n * max(attn_bytes, mlp_bytes), self.max_memory)
+            chunk = self.sequences_per_chunk(b, n, x.element_size())
             if query_rows is None and chunk < b:
                 return map_rows(lambda t: self._bounded(t, rope, None), b, chunk, x)
             return self._bounded(x, rope, query_rows)

@@ -235,7 +235,10 @@ class GEM(PlugIn):
         camera_rows = torch.arange(frames, device=tokens.device) * p
         depth = len(self.frame_blocks)
         for i, (fblk, gblk) in enumerate(zip(self.frame_blocks, self.global_blocks)):
-            x = maybe_checkpoint(self.checkpointing, fblk, x, frame_rope)
+            if fblk.bounded_inference():  # x is this method's own concatenation: overwrite it frame slice by slice
+                x = fblk.forward_inplace(x, frame_rope)
+            else:
+                x = maybe_checkpoint(self.checkpointing, fblk, x, frame_rope)
             frame_cam = x[:, 0].view(batch, frames, c)
             flat = x.reshape(batch, frames * p, c)
             if i == depth - 1:  # only the camera rows of the last global block are used
