@@ -178,7 +178,7 @@ def return_freed_memory(threshold: int = LOW_MEMORY_MMAP_THRESHOLD) -> bool:
     return mallopt(M_MMAP_THRESHOLD, threshold)
 
 
-RELEASE_MIN_BYTES = 32 * 2**20  # glibc's heap serves allocations up to 32 MiB: below that size a stage barely fragments it
+RELEASE_MIN_BYTES = 32 * 2**20  # glibc serves up to 32 MiB from its heap: smaller stages barely fragment it
 
 
 def release_free_heap(x: Tensor) -> bool:
