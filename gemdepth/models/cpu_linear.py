@@ -28,10 +28,11 @@ import platform
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp
 from torch import Tensor, nn
 
 __all__ = [
-    "CPU_LINEAR_BACKENDS", "CpuLinear", "cpu_linear_backend", "linear",
+    "CPU_LINEAR_BACKENDS", "CpuLinear", "CpuMlp", "cpu_linear_backend", "linear", "linear_gelu",
     "resolved_cpu_linear_backend", "set_cpu_linear_backend", "use_cpu_linear",
 ]
 
@@ -96,9 +97,9 @@ def _capturing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``, through oneDNN for CPU float32 inference where that backend is chosen."""
-    if (
+def _onednn_applies(x: Tensor, weight: Tensor) -> bool:
+    """Whether this call may take the oneDNN op (see the module docstring for the conditions)."""
+    return (
         not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -106,9 +107,22 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         and not _capturing()
         and not torch.is_autocast_enabled("cpu")
         and _onednn_enabled()
-    ):
+    )
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, through oneDNN for CPU float32 inference where that backend is chosen."""
+    if _onednn_applies(x, weight):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.gelu(F.linear(x, weight, bias))`` (exact GELU); on the oneDNN path one fused op, which gives
+    the same numbers as the unfused oneDNN pair without the hidden-width tensor between them."""
+    if _onednn_applies(x, weight):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+    return F.gelu(F.linear(x, weight, bias))
 
 
 class CpuLinear(nn.Linear):
@@ -118,11 +132,25 @@ class CpuLinear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
+class CpuMlp(Mlp):
+    """timm's ``Mlp`` whose ``fc1`` and exact GELU run as one oneDNN op in CPU float32 inference
+    (:func:`linear_gelu`: ~2 % of a ViT-S forward, and one hidden-width tensor fewer per slice)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        act = self.act
+        if (not self.training and type(act) is nn.GELU and act.approximate == "none"
+                and isinstance(self.norm, nn.Identity) and _onednn_applies(x, self.fc1.weight)):
+            return self.drop2(self.fc2(linear_gelu(x, self.fc1.weight, self.fc1.bias)))
+        return super().forward(x)
+
+
 def use_cpu_linear(module: nn.Module) -> nn.Module:
-    """Make every plain ``nn.Linear`` in ``module`` a :class:`CpuLinear` in place (same object, same
-    parameters and hooks: only the class changes, so references held elsewhere stay valid).
-    Subclasses of ``nn.Linear`` are left as they are (their ``forward`` may differ)."""
+    """Make every plain ``nn.Linear`` in ``module`` a :class:`CpuLinear` and every plain timm ``Mlp`` a
+    :class:`CpuMlp`, in place (same object, same parameters and hooks: only the class changes, so
+    references held elsewhere stay valid). Subclasses are left as they are (their ``forward`` may differ)."""
     for child in module.modules():
         if type(child) is nn.Linear:
             child.__class__ = CpuLinear
+        elif type(child) is Mlp:
+            child.__class__ = CpuMlp
     return module

@@ -108,9 +108,10 @@ def server(served):
 
 
 def _dm(path: str, **kw) -> VideoDataModule:
+    # a generous read timeout: a busy machine answering slowly is not a stall (the stall test sets 0.5 s)
     args = dict(batch_size=2, clip_length=4, short_side=32, sizes=[(32, 32), (32, 48)],
                 num_workers=0, samples_per_epoch=16, seed=0, remote_retries=2,
-                remote_backoff=0.01, remote_timeout=2.0)
+                remote_backoff=0.01, remote_timeout=15.0)
     args.update(kw)
     return VideoDataModule(train_sources={"syn": {"path": path}}, **args)
 

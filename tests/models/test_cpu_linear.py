@@ -7,11 +7,12 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp
 from torch import nn
 
 import gemdepth.models.cpu_linear as cpu_linear
 from gemdepth.models import build_model
-from gemdepth.models.cpu_linear import CpuLinear, linear, set_cpu_linear_backend, use_cpu_linear
+from gemdepth.models.cpu_linear import CpuLinear, CpuMlp, linear, set_cpu_linear_backend, use_cpu_linear
 
 ONEDNN_OP = "mkldnn::_linear_pointwise"
 needs_onednn = pytest.mark.skipif(
@@ -110,6 +111,38 @@ def test_every_linear_of_a_built_model_is_a_cpu_linear() -> None:
                          "plugins": [{"name": "gem"}, {"name": "astt"}]})
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert linears and all(type(m) is CpuLinear for m in linears)
+    mlps = [m for m in model.modules() if isinstance(m, Mlp)]  # encoder, GEM and ASTT blocks
+    assert len(mlps) >= 6 and all(type(m) is CpuMlp for m in mlps)
+
+
+@needs_onednn
+def test_mlp_fuses_fc1_and_gelu_with_the_unfused_numbers(backend) -> None:
+    """In CPU float32 inference a timm ``Mlp`` runs fc1+GELU as one oneDNN op: bit-identical to the
+    unfused oneDNN pair, within 1e-6 of the standard path; training and tanh-GELU keep timm's forward."""
+    backend("onednn")
+    torch.manual_seed(0)
+    mlp = Mlp(48, 192)
+    x = torch.randn(3, 70, 48)
+    with torch.inference_mode():
+        unfused = mlp.fc2(F.gelu(linear(x, mlp.fc1.weight, mlp.fc1.bias)))  # plain Mlp, oneDNN linears
+        standard = F.linear(F.gelu(F.linear(x, mlp.fc1.weight, mlp.fc1.bias)), mlp.fc2.weight, mlp.fc2.bias)
+        use_cpu_linear(mlp)
+        assert type(mlp) is CpuMlp
+        fused = mlp(x)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            mlp(x)
+        calls = [e.name for e in prof.events() if e.name == ONEDNN_OP]
+    assert torch.equal(fused, unfused) and rel(fused, standard) < 1e-6
+    assert len(calls) == 2  # fc1+GELU fused, then fc2 (three ops unfused)
+    x.requires_grad_(True)
+    out = mlp(x)  # autograd: timm's forward and its backward
+    out.sum().backward()
+    assert x.grad is not None and rel(out.detach(), standard) < 1e-6
+    tanh = Mlp(48, 192, act_layer=lambda: nn.GELU(approximate="tanh"))
+    use_cpu_linear(tanh)
+    with torch.inference_mode():
+        expected = tanh.fc2(F.gelu(tanh.fc1(x), approximate="tanh"))
+        assert torch.equal(tanh(x), expected)
 
 
 @needs_onednn
