@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, map_rows, rows_per_chunk
+from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, map_rows, release_free_heap, rows_per_chunk
 
 Hook = Callable[[Tensor], Tensor]
 HOOK_NAMES = ("mid", "late")
@@ -361,6 +361,7 @@ class DPTHead(nn.Module):
                 hooks: Mapping[str, Hook] | None) -> Tensor:
         """``path_3`` → depth, frame slices at full resolution (whole clip for a ``late`` hook)."""
         rows = path_3.shape[0]
+        release_free_heap(path_3)  # large CPU windows: the motion modules' freed slices go back to the OS
         chunk = self._chunk(rows, patch_h, patch_w, path_3.dtype, full=True)
         late = _has(hooks, "late")
         out = self._map(self._high, rows, chunk, path_3, features[0], features[1], patch_h, patch_w, not late)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, Mlp
 from torch import Tensor, nn
 
-from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, MIN_TOKEN_ROWS, map_rows, rows_per_chunk
+from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, MIN_TOKEN_ROWS, map_rows, release_free_heap, rows_per_chunk
 from gemdepth.models.cpu_linear import linear
 from gemdepth.models.plugins.rope import apply_rope
 
@@ -235,6 +235,7 @@ class Block(nn.Module):
         kv_budget = None if self.max_memory is None else max(1, self.max_memory // 2)
         group = rows_per_chunk(self.attn.num_heads, kv_bytes_per_head, kv_budget)
         x = self.attn.bounded(x, self.norm1, self.ls1, rope, chunk, query_rows, group)
+        release_free_heap(x)  # large CPU maps: the attention's freed key/value and query slices
         flat = x.contiguous().view(-1, c)  # a fresh tensor: the MLP residual goes in place
         rows = flat.shape[0]
         chunk = rows_per_chunk(rows, mlp_bytes, self.max_memory, MIN_TOKEN_ROWS)
