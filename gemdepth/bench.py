@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gemdepth.models.cpu_linear import CPU_LINEAR_BACKENDS, resolved_cpu_linear_backend, set_cpu_linear_backend
 from gemdepth.flops import measure_flops
+from gemdepth.models.cpu_linear import CPU_LINEAR_BACKENDS, resolved_cpu_linear_backend, set_cpu_linear_backend
 
 DEFAULT_PRESETS = ["vda-vits", "gemdepth-vda-vits"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

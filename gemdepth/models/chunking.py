@@ -21,6 +21,9 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from gemdepth.malloc import M_MMAP_THRESHOLD, malloc_trim, mallopt
+from gemdepth.models.cpu_linear import capturing_graph
+
 MIN_TOKEN_ROWS = 64  # smallest slice of tokens for row-wise linear layers (same numbers as one call)
 DEFAULT_MAX_MEMORY = 64 * 2**20  # bytes of stage working memory per slice (activations, not weights)
 GPU_MIN_MAX_MEMORY = 256 * 2**20  # the smallest slice budget a GPU gets (small cards)
@@ -173,8 +176,6 @@ def return_freed_memory(threshold: int = LOW_MEMORY_MMAP_THRESHOLD) -> bool:
     (``gemdepth infer --low-memory``). ``MALLOC_MMAP_THRESHOLD_=4194304`` in the environment does
     the same. Returns whether the setting took effect.
     """
-    from gemdepth.malloc import M_MMAP_THRESHOLD, mallopt
-
     return mallopt(M_MMAP_THRESHOLD, threshold)
 
 
@@ -193,9 +194,8 @@ def release_free_heap(x: Tensor) -> bool:
     Only for a CPU map ``x`` of ``RELEASE_MIN_BYTES`` or more, without autograd or graph capture.
     """
     if (x.device.type != "cpu" or x.numel() * x.element_size() < RELEASE_MIN_BYTES or torch.is_grad_enabled()
-            or torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()):
+            or capturing_graph()):
         return False
-    from gemdepth.malloc import malloc_trim
 
     return malloc_trim()
 

@@ -12,8 +12,9 @@ weight prepacking also emits), with results within 1.2e-6 relative of MKL's.
 take the oneDNN path only where nothing else can be affected: no autograd (training keeps the
 standard op and its backward), float32 on the CPU, no autocast, not while ``torch.compile``,
 ``torch.export`` or tracing captures a graph (they keep the standard op and lower it themselves).
-:func:`use_cpu_linear` turns every plain ``nn.Linear`` of a model into one in place (the models
-do so when built).
+:func:`use_cpu_linear` turns every plain ``nn.Linear`` of a model into one in place, and every
+plain timm ``Mlp`` into a :class:`CpuMlp`, whose ``fc1`` and GELU are one fused oneDNN op there
+(the models do so when built).
 
 Which path runs is a process-wide choice, :func:`set_cpu_linear_backend` or the environment
 variable ``GEMDEPTH_CPU_LINEAR``: ``"auto"`` (default: oneDNN on AMD x86 CPUs, where it was
@@ -32,7 +33,7 @@ from timm.layers import Mlp
 from torch import Tensor, nn
 
 __all__ = [
-    "CPU_LINEAR_BACKENDS", "CpuLinear", "CpuMlp", "cpu_linear_backend", "linear", "linear_gelu",
+    "CPU_LINEAR_BACKENDS", "CpuLinear", "CpuMlp", "capturing_graph", "cpu_linear_backend", "linear", "linear_gelu",
     "resolved_cpu_linear_backend", "set_cpu_linear_backend", "use_cpu_linear",
 ]
 
@@ -93,7 +94,9 @@ def _onednn_enabled() -> bool:
     return backend == "onednn" or _cpu_vendor() == "AuthenticAMD"
 
 
-def _capturing() -> bool:
+def capturing_graph() -> bool:
+    """Whether ``torch.compile``/export, ``jit.trace`` or ``jit.script`` is capturing a graph right now
+    (eager-only shortcuts must then step aside)."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
@@ -104,7 +107,7 @@ def _onednn_applies(x: Tensor, weight: Tensor) -> bool:
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and not _capturing()
+        and not capturing_graph()
         and not torch.is_autocast_enabled("cpu")
         and _onednn_enabled()
     )
