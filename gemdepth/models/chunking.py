@@ -182,7 +182,7 @@ def return_freed_memory(threshold: int = LOW_MEMORY_MMAP_THRESHOLD) -> bool:
 RELEASE_MIN_BYTES = 32 * 2**20  # glibc serves up to 32 MiB from its heap: smaller stages barely fragment it
 
 
-def release_free_heap(x: Tensor) -> bool:
+def release_free_heap(x: Tensor, nbytes: int | None = None) -> bool:
     """Between the stages of a large CPU inference forward, hand the C heap's free pages back to the OS.
 
     Once larger blocks have been freed, glibc serves tensors of up to 32 MiB from its heap and
@@ -191,13 +191,38 @@ def release_free_heap(x: Tensor) -> bool:
     at 518×686, by ~230 MiB at the last motion module. ``malloc_trim`` at the stage boundaries
     (~10 ms each, a few per window) drops those pages; unlike ``--low-memory`` it leaves the
     allocator's settings alone, so the slices within a stage keep reusing warm memory.
-    Only for a CPU map ``x`` of ``RELEASE_MIN_BYTES`` or more, without autograd or graph capture.
+    Only for a CPU map ``x`` of ``RELEASE_MIN_BYTES`` or more (``nbytes``: the size of the whole
+    stage when ``x`` is one slice of it), without autograd or graph capture.
     """
-    if (x.device.type != "cpu" or x.numel() * x.element_size() < RELEASE_MIN_BYTES or torch.is_grad_enabled()
-            or capturing_graph()):
+    size = x.numel() * x.element_size() if nbytes is None else nbytes
+    if x.device.type != "cpu" or size < RELEASE_MIN_BYTES or torch.is_grad_enabled() or capturing_graph():
         return False
-
     return malloc_trim()
+
+
+def release_between_slices(x: Tensor, sliced: bool, max_memory: int | None, nbytes: int | None = None) -> bool:
+    """:func:`release_free_heap` before one slice of a stage on ``x`` (``nbytes``: the stage's inputs).
+
+    A stage that runs in several slices of a large budget (``sliced``) churns about a budget's worth
+    of temporaries per slice whatever the size of its map (a motion module over a 32-frame ViT-S
+    window at 518×686: ~66 MiB per slice of positions), and the next stage's sizes do not fit their
+    holes; so it counts as large as well as one whose map is large.
+    """
+    size = x.numel() * x.element_size() if nbytes is None else nbytes
+    if sliced and max_memory is not None:
+        size = max(size, max_memory)
+    return release_free_heap(x, nbytes=size)
+
+
+def tensor_bytes(*values: Any) -> int:
+    """Bytes of the tensors among ``values`` (also inside lists/tuples)."""
+    total = 0
+    for v in values:
+        if isinstance(v, Tensor):
+            total += v.numel() * v.element_size()
+        elif isinstance(v, (list, tuple)):
+            total += tensor_bytes(*v)
+    return total
 
 
 def budgeted_modules(module: nn.Module) -> Iterable[nn.Module]:

@@ -29,11 +29,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, map_rows, release_free_heap, rows_per_chunk
+from gemdepth.models.chunking import (
+    DEFAULT_MAX_MEMORY,
+    map_rows,
+    release_between_slices,
+    rows_per_chunk,
+    tensor_bytes,
+)
 
 Hook = Callable[[Tensor], Tensor]
 HOOK_NAMES = ("mid", "late")
 HEAD_FEATURES_2 = 32  # width of the last hidden conv, hard-coded in Depth Anything
+FULL_RESOLUTION_RELEASES = 4  # heap releases spread over the full-resolution stage's slices (see DPTHead._map)
 
 
 class ResidualConvUnit(nn.Module):
@@ -341,13 +348,33 @@ class DPTHead(nn.Module):
     def _chunk(self, rows: int, patch_h: int, patch_w: int, dtype: torch.dtype, full: bool) -> int:
         return rows_per_chunk(rows, self.bytes_per_frame(patch_h, patch_w, dtype.itemsize, full), self.max_memory)
 
-    def _map(self, fn: Callable[..., Any], rows: int, chunk: int, *args: Any) -> Any:
-        """:func:`map_rows`, each slice under activation checkpointing when enabled and training."""
+    def _map(self, fn: Callable[..., Any], rows: int, chunk: int, *args: Any, releases: int = 1) -> Any:
+        """:func:`map_rows`, each slice under activation checkpointing when enabled and training.
+
+        In a large CPU inference window the first slice starts by handing the heap's free pages back
+        (:func:`~gemdepth.models.chunking.release_between_slices`): the last stage's temporaries leave
+        holes this stage's sizes do not fit (a few ms; later slices reuse the first one's holes). A
+        stage whose slices run several sub-stages of their own (the full-resolution one) fragments
+        the heap a little more with every slice: ``releases`` spreads that many releases over its
+        slices (each costs the page faults of refilling what it gave back)."""
         if self.checkpointing and torch.is_grad_enabled():
             inner = fn
 
             def fn(*a: Any) -> Any:
                 return checkpoint(inner, *a, use_reentrant=False)
+
+        elif not torch.is_grad_enabled():
+            first = next((a for a in args if isinstance(a, Tensor)), None)
+            if first is not None and first.device.type == "cpu":
+                slices = -(-rows // max(1, chunk))
+                every = -(-slices // max(1, releases))
+                work, total, index = fn, tensor_bytes(*args), iter(range(slices))
+
+                def fn(*a: Any) -> Any:
+                    i = next(index, None)
+                    if i is not None and i % every == 0:
+                        release_between_slices(first, chunk < rows, self.max_memory, total)
+                    return work(*a)
 
         return map_rows(fn, rows, chunk, *args)
 
@@ -361,10 +388,10 @@ class DPTHead(nn.Module):
                 hooks: Mapping[str, Hook] | None) -> Tensor:
         """``path_3`` → depth, frame slices at full resolution (whole clip for a ``late`` hook)."""
         rows = path_3.shape[0]
-        release_free_heap(path_3)  # large CPU windows: the motion modules' freed slices go back to the OS
         chunk = self._chunk(rows, patch_h, patch_w, path_3.dtype, full=True)
         late = _has(hooks, "late")
-        out = self._map(self._high, rows, chunk, path_3, features[0], features[1], patch_h, patch_w, not late)
+        out = self._map(self._high, rows, chunk, path_3, features[0], features[1], patch_h, patch_w, not late,
+                        releases=FULL_RESOLUTION_RELEASES)
         if not late:
             return out
         path_1 = _apply(hooks, "late", out)
@@ -396,7 +423,7 @@ class DPTHead(nn.Module):
         size_3 = (2 * patch_h, 2 * patch_w)
         if not _has(hooks, "mid") and not _has(hooks, "late"):
             chunk = self._chunk(rows, patch_h, patch_w, dtype, full=True)
-            return self._map(self._all, rows, chunk, features, patch_h, patch_w)
+            return self._map(self._all, rows, chunk, features, patch_h, patch_w, releases=FULL_RESOLUTION_RELEASES)
         low = self._chunk(rows, patch_h, patch_w, dtype, full=False)
         path_4, rn3 = self._map(self._low, rows, low, features[2], features[3], patch_h, patch_w)
         if release:

@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, MIN_TOKEN_ROWS, map_rows, release_free_heap, rows_per_chunk
+from gemdepth.models.chunking import (
+    DEFAULT_MAX_MEMORY,
+    MIN_TOKEN_ROWS,
+    map_rows,
+    release_between_slices,
+    rows_per_chunk,
+)
 from gemdepth.models.cpu_linear import linear
 from gemdepth.models.dpt import DPTHead, Features, Hook, _apply, _take
 
@@ -86,7 +92,9 @@ class GEGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
+        if torch.is_grad_enabled():
+            return value * F.gelu(gate)
+        return F.gelu(gate).mul_(value)  # inference: the product in GELU's fresh output (same numbers, one 4C map less)
 
 
 class FeedForward(nn.Module):
@@ -171,7 +179,7 @@ class TemporalTransformer(nn.Module):
         frames at 518×686). Same numbers: every sequence goes through the same layers."""
         bt, ch, h, w = x.shape
         batch, length = bt // frames, h * w
-        release_free_heap(x)  # the earlier stages' freed slices: not this one's working memory
+        release_between_slices(x, True, self.max_memory)  # the earlier stages' freed slices
         normed = self.norm(x).view(batch, frames, ch, length)
         out = torch.empty((batch, frames, ch, length), dtype=x.dtype, device=x.device)
         source = x.reshape(batch, frames, ch, length)

@@ -507,3 +507,33 @@ def test_release_free_heap_gives_back_what_a_fragmented_heap_keeps() -> None:
         pytest.skip("malloc_trim is glibc-only")
     assert released == "True" and intact == "True"
     assert int(freed_mb) >= 150, out.stdout  # of the 180 MB in holes (without it: 0, see the low-memory test)
+
+
+def test_stages_in_budget_sized_slices_release_the_heap_once_at_their_start(monkeypatch) -> None:
+    """A stage that runs in several slices of a large budget hands the heap back before its first
+    slice, whatever the size of its map (its slices churn a budget's worth each); later slices reuse
+    the first one's holes, so they do not (page faults cost time). Small budgets and single small
+    slices leave the allocator alone."""
+    import gemdepth.models.chunking as chunking
+
+    calls: list[int] = []
+    monkeypatch.setattr(chunking, "malloc_trim", lambda: calls.append(1) or True)
+    small = torch.zeros(1024)
+    with torch.inference_mode():
+        assert chunking.release_between_slices(small, True, 64 * 2**20)
+        assert not chunking.release_between_slices(small, False, 64 * 2**20)
+        assert not chunking.release_between_slices(small, True, 8 * 2**20)
+        assert chunking.release_between_slices(small, False, None, nbytes=chunking.RELEASE_MIN_BYTES)
+    assert len(calls) == 2
+
+    head = mini("vda", [])
+    head.head.max_memory = 64 * 2**20
+    calls.clear()
+    rows = torch.zeros(6, 4)
+    with torch.inference_mode():
+        out = head.head._map(lambda t: t + 1, 6, 2, rows)  # 3 slices of a 64 MiB budget: one release
+    assert torch.equal(out, rows + 1) and len(calls) == 1
+    calls.clear()
+    with torch.inference_mode():
+        head.head._map(lambda t: t + 1, 6, 6, rows)  # one small slice: none
+    assert not calls

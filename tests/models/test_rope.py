@@ -62,3 +62,25 @@ def test_rope_scores_depend_on_offset_only() -> None:
 def test_rope_rejects_head_dim_not_divisible_by_four() -> None:
     with pytest.raises(ValueError, match="divisible by 4"):
         rope_cos_sin(grid_positions(2, 2), 6)
+
+
+def test_one_frame_table_tiles_a_clip_like_the_repeated_table() -> None:
+    """A clip of frames with the same positions rotates with one frame's table: the same numbers as
+    the table repeated per frame (what GEM's global and ASTT's spatial blocks used to build), for
+    whole sequences and for any rows of them; a table that does not tile the sequence is refused."""
+    from gemdepth.models.plugins.rope import table_rows
+
+    frames, pos = 5, grid_positions(3, 4, num_special=2)
+    cos, sin = rope_cos_sin(pos, 16)
+    big_cos, big_sin = cos.repeat(frames, 1), sin.repeat(frames, 1)
+    n = frames * pos.shape[0]
+    x = torch.randn(2, 3, n, 16)
+    assert torch.equal(apply_rope(x, cos, sin), apply_rope(x, big_cos, big_sin))
+    rows = torch.tensor([0, 13, 14, 57, n - 1])
+    assert torch.equal(table_rows(cos, rows, n), big_cos[rows])
+    assert torch.equal(table_rows(sin, slice(11, 40), n), big_sin[11:40])
+    assert torch.equal(table_rows(big_cos, slice(11, 40), n), big_cos[11:40])  # a full table: its own rows
+    with pytest.raises(ValueError, match="does not tile"):
+        apply_rope(torch.randn(1, 1, n + 1, 16), cos, sin)
+    with pytest.raises(ValueError, match="does not tile"):
+        table_rows(cos, slice(0, 3), n + 1)

@@ -118,3 +118,21 @@ def test_motion_module_in_position_slices_matches_one_call(batch: int) -> None:
         out = module(x, frames)
     assert max(calls) < batch * 42 and sum(calls) == batch * 42
     assert ((out - ref).abs().max() / ref.abs().max()).item() <= 1e-6
+
+
+def test_geglu_inference_product_in_place_equals_the_autograd_formula() -> None:
+    """In inference GEGLU multiplies into GELU's own output (one 4C-wide map less per slice of a
+    motion module): the same numbers as ``value * gelu(gate)``, which training keeps for autograd."""
+    from gemdepth.models.temporal import GEGLU
+
+    torch.manual_seed(0)
+    layer = GEGLU(16, 64)
+    x = torch.randn(5, 7, 16)
+    value, gate = layer.proj(x).chunk(2, dim=-1)
+    expected = value * torch.nn.functional.gelu(gate)
+    with torch.inference_mode():
+        assert torch.equal(layer(x), expected)
+    x.requires_grad_(True)
+    out = layer(x)
+    out.sum().backward()
+    assert torch.equal(out.detach(), expected) and x.grad is not None

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gemdepth.models.chunking import maybe_checkpoint, release_free_heap
+from gemdepth.models.chunking import maybe_checkpoint, release_between_slices
 from gemdepth.models.plugins.attention import Block
 from gemdepth.models.plugins.base import PLUGIN_POSITIONS, PlugIn
 from gemdepth.models.plugins.rope import grid_positions, rope_cos_sin
@@ -171,11 +171,10 @@ class ASTT(PlugIn):
         c = x.shape[-1]
         rope = None
         if len(self.spatial_blocks):
-            pos = grid_positions(grid_h, grid_w, device=x.device).repeat(frames, 1)
+            pos = grid_positions(grid_h, grid_w, device=x.device)  # one frame's table: it tiles the clip
             rope = rope_cos_sin(pos, self.spatial_head_dim, self.rope_frequency)
         for i in range(self.depth):
             if len(self.spatial_blocks):
-                release_free_heap(x)  # large CPU windows: the last stage's freed slices go back to the OS
                 x = maybe_checkpoint(self.checkpointing, self.spatial_blocks[i], x, rope)
             if len(self.time_blocks):
                 block = self.time_blocks[i]
@@ -198,6 +197,8 @@ class ASTT(PlugIn):
         positions = max(1, block.sequences_per_chunk(batch * length, frames, x.element_size()) // batch)
         for start in range(0, length, positions):
             cols = slice(start, min(length, start + positions))
+            if start == 0:  # large CPU maps: the last stage's holes go back to the OS
+                release_between_slices(x, True, block.max_memory)
             seq = grid[:, :, cols].transpose(1, 2).reshape(-1, frames, c)  # (B·p, T, C)
             grid[:, :, cols] = block(seq).view(batch, -1, frames, c).transpose(1, 2)
             del seq

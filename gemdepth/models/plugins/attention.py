@@ -34,9 +34,16 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, Mlp
 from torch import Tensor, nn
 
-from gemdepth.models.chunking import DEFAULT_MAX_MEMORY, MIN_TOKEN_ROWS, map_rows, release_free_heap, rows_per_chunk
+from gemdepth.models.chunking import (
+    DEFAULT_MAX_MEMORY,
+    MIN_TOKEN_ROWS,
+    map_rows,
+    release_between_slices,
+    release_free_heap,
+    rows_per_chunk,
+)
 from gemdepth.models.cpu_linear import linear
-from gemdepth.models.plugins.rope import apply_rope
+from gemdepth.models.plugins.rope import apply_rope, table_rows
 
 __all__ = ["Attention", "Block"]
 
@@ -104,6 +111,8 @@ class Attention(nn.Module):
         out_rows = n if query_rows is None else int(query_rows.numel())
         out = x.new_empty((b, out_rows, dim))
         for first in range(0, heads, group):
+            if first:  # large CPU maps: the last group's keys/values go back to the OS
+                release_free_heap(x)
             g = min(heads, first + group) - first
             cols = slice(first * head_dim, (first + g) * head_dim)
             if g == heads:  # one group: the contiguous key/value rows of the qkv weight
@@ -120,7 +129,7 @@ class Attention(nn.Module):
                 ks, vs = kv.view(b, -1, 2, g, head_dim).permute(2, 0, 3, 1, 4)
                 ks = self.k_norm(ks)
                 if cos is not None and sin is not None:
-                    ks = apply_rope(ks, cos[..., rows, :], sin[..., rows, :])
+                    ks = apply_rope(ks, table_rows(cos, rows, n), table_rows(sin, rows, n))
                 k[:, :, rows], v[:, :, rows] = ks, vs
                 del kv, ks, vs
             blocks = [query_rows] if query_rows is not None else [
@@ -130,7 +139,7 @@ class Attention(nn.Module):
                 q = linear(norm(x[:, rows]), w_q, b_q)
                 q = self.q_norm(q.view(b, -1, g, head_dim).transpose(1, 2))
                 if cos is not None and sin is not None:
-                    q = apply_rope(q, cos[..., rows, :], sin[..., rows, :])
+                    q = apply_rope(q, table_rows(cos, rows, n), table_rows(sin, rows, n))
                 o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, g * head_dim)
                 out[:, written:written + o.shape[1], cols] = o
                 written += o.shape[1]
@@ -147,7 +156,8 @@ class Attention(nn.Module):
     ) -> Tensor:
         """Attend ``x`` ``(B, N, C)`` to itself.
 
-        ``rope`` holds cos/sin tables ``(N, head_dim)`` (or broadcastable). ``query_rows``
+        ``rope`` holds cos/sin tables ``(N, head_dim)``, or one frame's ``(P, head_dim)`` when the
+        sequence is ``N / P`` frames with the same positions (see :func:`apply_rope`). ``query_rows``
         (1-D index tensor) computes the output for those rows only, against all keys: the
         exact same numbers as the full attention at those rows, at a fraction of the cost
         when only a few outputs are used (GEM's global block feeds only camera tokens on).
@@ -169,7 +179,7 @@ class Attention(nn.Module):
             cos, sin = cos.to(q.dtype), sin.to(q.dtype)
             k = apply_rope(k, cos, sin)
             if query_rows is not None:
-                cos, sin = cos[..., query_rows, :], sin[..., query_rows, :]
+                cos, sin = table_rows(cos, query_rows, n), table_rows(sin, query_rows, n)
             q = apply_rope(q, cos, sin)
         dropout_p = self.attn_drop if (self.training or self.stochastic) else 0.0
         mask = None
@@ -224,9 +234,11 @@ class Block(nn.Module):
         dim, hidden = self.norm1.normalized_shape[0], self.mlp.fc1.out_features
         return element_size * 8 * dim, element_size * (3 * dim + 2 * hidden)
 
-    def _bounded(self, x: Tensor, rope: RopeTables | None, query_rows: Tensor | None) -> Tensor:
-        """Inference forward of one slice of sequences: attention in query/key slices, then the MLP
-        residual added in place, slice by slice, into the attention output (a fresh tensor)."""
+    def _bounded(self, x: Tensor, rope: RopeTables | None, query_rows: Tensor | None, first_of_slices: bool = False
+                 ) -> Tensor:
+        """Inference forward of one slice of sequences (``first_of_slices``: the first of several):
+        attention in query/key slices, then the MLP residual added in place, slice by slice, into the
+        attention output (a fresh tensor)."""
         b, n, c = x.shape
         attn_bytes, mlp_bytes = self._token_bytes(x.element_size())
         chunk = rows_per_chunk(n, b * attn_bytes, self.max_memory, MIN_TOKEN_ROWS)
@@ -234,8 +246,10 @@ class Block(nn.Module):
         # keys/values of a head group take half the budget, the query slices' temporaries the rest
         kv_budget = None if self.max_memory is None else max(1, self.max_memory // 2)
         group = rows_per_chunk(self.attn.num_heads, kv_bytes_per_head, kv_budget)
+        size = x.numel() * x.element_size()
+        release_between_slices(x, first_of_slices, self.max_memory)  # large CPU maps: the last stage's holes
         x = self.attn.bounded(x, self.norm1, self.ls1, rope, chunk, query_rows, group)
-        release_free_heap(x)  # large CPU maps: the attention's freed key/value and query slices
+        release_free_heap(x, nbytes=size)  # the attention's freed key/value and query slices
         flat = x.contiguous().view(-1, c)  # a fresh tensor: the MLP residual goes in place
         rows = flat.shape[0]
         chunk = rows_per_chunk(rows, mlp_bytes, self.max_memory, MIN_TOKEN_ROWS)
@@ -264,7 +278,7 @@ class Block(nn.Module):
         chunk = self.sequences_per_chunk(b, n, x.element_size())
         for start in range(0, b, chunk):
             rows = slice(start, min(b, start + chunk))
-            x[rows] = self._bounded(x[rows], rope, None)
+            x[rows] = self._bounded(x[rows], rope, None, first_of_slices=start == 0 and chunk < b)
         return x
 
     def forward(
@@ -275,7 +289,8 @@ class Block(nn.Module):
             b, n, _ = x.shape
             chunk = self.sequences_per_chunk(b, n, x.element_size())
             if query_rows is None and chunk < b:
-                return map_rows(lambda t: self._bounded(t, rope, None), b, chunk, x)
+                starts = iter([True])  # the first slice starts the stage
+                return map_rows(lambda t: self._bounded(t, rope, None, next(starts, False)), b, chunk, x)
             return self._bounded(x, rope, query_rows)
         residual = x if query_rows is None else x[:, query_rows]
         x = residual + self.drop_path(self.ls1(self.attn(self.norm1(x), rope, query_rows)))

@@ -230,21 +230,20 @@ class GEM(PlugIn):
         )
         p = x.shape[1]
         pos = grid_positions(patch_h, patch_w, special, device=tokens.device)
-        frame_rope = rope_cos_sin(pos, self.block_head_dim, self.rope_frequency)
-        global_rope = tuple(t.repeat(frames, 1) for t in frame_rope)
+        rope = rope_cos_sin(pos, self.block_head_dim, self.rope_frequency)  # one frame's: it tiles the clip
         camera_rows = torch.arange(frames, device=tokens.device) * p
         depth = len(self.frame_blocks)
         for i, (fblk, gblk) in enumerate(zip(self.frame_blocks, self.global_blocks)):
             if fblk.bounded_inference():  # x is this method's own concatenation: overwrite it frame slice by slice
-                x = fblk.forward_inplace(x, frame_rope)
+                x = fblk.forward_inplace(x, rope)
             else:
-                x = maybe_checkpoint(self.checkpointing, fblk, x, frame_rope)
+                x = maybe_checkpoint(self.checkpointing, fblk, x, rope)
             frame_cam = x[:, 0].view(batch, frames, c)
             flat = x.reshape(batch, frames * p, c)
             if i == depth - 1:  # only the camera rows of the last global block are used
-                global_cam = maybe_checkpoint(self.checkpointing, gblk, flat, global_rope, camera_rows)
+                global_cam = maybe_checkpoint(self.checkpointing, gblk, flat, rope, camera_rows)
             else:
-                x = maybe_checkpoint(self.checkpointing, gblk, flat, global_rope).reshape(batch * frames, p, c)
+                x = maybe_checkpoint(self.checkpointing, gblk, flat, rope).reshape(batch * frames, p, c)
         return torch.cat([frame_cam, global_cam], dim=-1)
 
     def feed_mask(self, batch: int, frames: int, device: torch.device) -> Tensor:

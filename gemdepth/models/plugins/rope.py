@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["grid_positions", "rope_cos_sin", "apply_rope"]
+__all__ = ["grid_positions", "rope_cos_sin", "apply_rope", "table_rows"]
 
 
 def grid_positions(
@@ -71,5 +71,31 @@ def _rotate_quarters(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate queries or keys ``(B, heads, N, D)`` with tables broadcastable to them."""
-    return x * cos + _rotate_quarters(x) * sin
+    """Rotate queries or keys ``(B, heads, N, D)`` with tables ``(P, D)``.
+
+    ``P == N``, or a table of one frame's ``P`` tokens for a sequence of ``N = k·P`` tokens made of
+    ``k`` frames that carry the same positions (GEM's global block, ASTT's spatial block): the
+    sequence is viewed as ``(…, k, P, D)`` against the one table, so no ``k``-fold repeated table
+    exists (ViT-S, 32 frames at 518×686: 28 MiB for GEM's). Same elementwise products either way.
+    """
+    n, period = x.shape[-2], cos.shape[-2]
+    if period == n or period == 1:
+        return x * cos + _rotate_quarters(x) * sin
+    if n % period:
+        raise ValueError(f"a RoPE table of {period} rows does not tile a sequence of {n} tokens")
+    frames = x.reshape(*x.shape[:-2], n // period, period, x.shape[-1])
+    return (frames * cos + _rotate_quarters(frames) * sin).reshape(x.shape)
+
+
+def table_rows(table: Tensor, rows: slice | Tensor, length: int) -> Tensor:
+    """Rows ``rows`` of a RoPE table for a sequence of ``length`` tokens (the table's own rows, or, for a
+    one-frame table that tiles the sequence, the rows ``rows mod P``)."""
+    period = table.shape[-2]
+    if period == length:
+        return table[..., rows, :]
+    if length % period:
+        raise ValueError(f"a RoPE table of {period} rows does not tile a sequence of {length} tokens")
+    if isinstance(rows, slice):
+        start, stop, step = rows.indices(length)
+        rows = torch.arange(start, stop, step, device=table.device)
+    return table.index_select(-2, rows.to(table.device) % period)
