@@ -179,7 +179,9 @@ class Attention(nn.Module):
             cos, sin = cos.to(q.dtype), sin.to(q.dtype)
             k = apply_rope(k, cos, sin)
             if query_rows is not None:
-                cos, sin = table_rows(cos, query_rows, n), table_rows(sin, query_rows, n)
+                if cos.shape[-2] != n:  # one frame's table: tile it (exports and traces take no row arithmetic)
+                    cos, sin = cos.repeat(n // cos.shape[-2], 1), sin.repeat(n // sin.shape[-2], 1)
+                cos, sin = cos[..., query_rows, :], sin[..., query_rows, :]
             q = apply_rope(q, cos, sin)
         dropout_p = self.attn_drop if (self.training or self.stochastic) else 0.0
         mask = None

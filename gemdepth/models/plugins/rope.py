@@ -84,6 +84,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     if n % period:
         raise ValueError(f"a RoPE table of {period} rows does not tile a sequence of {n} tokens")
     frames = x.reshape(*x.shape[:-2], n // period, period, x.shape[-1])
+    cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # (…, 1, P, D): the same table for every frame
     return (frames * cos + _rotate_quarters(frames) * sin).reshape(x.shape)
 
 
